@@ -1,0 +1,43 @@
+# The two commands: `make pretrain` (built-in demo) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+KSTAMP := $(VENV)/.kernels-$(shell cksum requirements-kernels.txt | cut -d' ' -f1)
+CONFIG ?= configs/demo.yaml
+
+.PHONY: pretrain test test-slow test-kernels test-all bench flops clean-venv
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+$(KSTAMP): $(STAMP) requirements-kernels.txt
+	$(PY) -m pip install --quiet -r requirements-kernels.txt
+	rm -f $(VENV)/.kernels-*
+	touch $(KSTAMP)
+
+venv: $(STAMP)
+
+pretrain: $(STAMP)
+	$(PY) -m bert_ipu.pretrain --config $(CONFIG) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not kernels" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "slow" $(ARGS)
+
+test-kernels: $(KSTAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "kernels" $(ARGS)
+
+test-all: test test-slow test-kernels
+
+bench: $(STAMP)
+	$(PY) tools/bench_ops.py --quick
+
+clean-venv:
+	rm -rf $(VENV)
