@@ -1,0 +1,340 @@
+"""Atomic, checksummed training checkpoints with keep-last-k and `latest` resume.
+
+A checkpoint is a folder `step_XXXXXXXX` (optimizer steps completed; a checkpoint
+taken in the middle of gradient accumulation is `step_XXXXXXXX_mYYYY`, Y micro-batches
+of the next step already accumulated) under the run's checkpoint folder:
+
+    model.pt        module state dict (SparseLinear: values [nnz, B, B], rows, cols)
+    optimizer.pt    AdamW state dict (moments are per active block, never dense)
+    trainer.pt      counters, LR schedule and loss-scaler state, data sampler
+                    position + RNG, RNG states (torch, cuda, numpy, python), metrics
+                    accumulators, accumulated gradients when mid-accumulation
+    controller.pt   DynSp controller (patterns, ever-active bitmap, RNG, counters)
+    config.yaml     the resolved config of the run
+    manifest.json   {"format", "step", "micro_step", "files": {name: {sha256, bytes}}}
+
+Writing: a temporary folder `.tmp-...` in the same parent receives every file (each
+fsynced), then the manifest, the folder is fsynced, renamed to its final name and the
+parent fsynced. Only then are checkpoints beyond the newest `keep_last` deleted.
+A reader trusts a folder only when its manifest verifies; stray `.tmp-*` folders from
+killed writers are never read and are removed by the next save.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_NAME_RE = re.compile(r"^step_(\d{8,})(?:_m(\d{4,}))?$")
+_CHUNK = 1 << 20
+# Test-only: seconds to sleep after each written chunk, so that a SIGKILL lands mid-write.
+WRITE_DELAY_ENV = "BERT_IPU_TEST_CKPT_WRITE_DELAY"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written, found or loaded (message names the path)."""
+
+
+class ChecksumError(CheckpointError):
+    """A checkpoint file is missing, truncated or altered (message names the file)."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """Refused to save weights containing NaN or Inf."""
+
+
+@dataclass(frozen=True, order=True)
+class CheckpointId:
+    """Position of a checkpoint: optimizer steps done + micro-batches of the next."""
+
+    step: int
+    micro_step: int = 0
+
+    @property
+    def name(self) -> str:
+        base = f"step_{self.step:08d}"
+        return base if self.micro_step == 0 else f"{base}_m{self.micro_step:04d}"
+
+    @classmethod
+    def parse(cls, name: str) -> "CheckpointId | None":
+        match = _NAME_RE.match(name)
+        if match is None:
+            return None
+        return cls(int(match.group(1)), int(match.group(2) or 0))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def check_writable(folder: Path, what: str = "output folder") -> None:
+    """Create `folder` if needed and prove it is writable, or raise CheckpointError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(
+            f"{what} {str(folder)!r} is not writable: {exc.strerror or exc}; "
+            "choose another output_dir or fix its permissions"
+        ) from None
+
+
+def check_finite_state(state: Mapping[str, Any], what: str = "model") -> None:
+    """Raise NonFiniteWeightsError naming the first floating tensor with NaN/Inf."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                raise NonFiniteWeightsError(
+                    f"refusing to save a checkpoint: {what} tensor {key!r} contains NaN or Inf"
+                )
+
+
+def _serialize(obj: Any) -> bytes:
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj)
+    if isinstance(obj, str):
+        return obj.encode("utf-8")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and fsync one file (chunked, so the test delay can split a write)."""
+    delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+    with open(path, "wb") as handle:
+        for start in range(0, max(len(data), 1), _CHUNK):
+            handle.write(data[start : start + _CHUNK])
+            if delay:
+                handle.flush()
+                time.sleep(delay)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_folder(tmp: Path, ckpt: CheckpointId, files: Mapping[str, Any]) -> None:
+    entries = {}
+    for name, obj in files.items():
+        data = _serialize(obj)
+        _write_bytes(tmp / name, data)
+        entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "step": ckpt.step,
+        "micro_step": ckpt.micro_step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": entries,
+    }
+    _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    _fsync_dir(tmp)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` (e.g. a corrupt one we fell back
+    from) is moved aside first and removed only after the new one is in place."""
+    trash = None
+    if final.exists():
+        trash = final.with_name(f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(final, trash)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Delete `.tmp-*` / `.trash-*` folders left by killed writers."""
+    for path in Path(root).glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in Path(root).glob(".trash-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def save_checkpoint(
+    root: Path, ckpt: CheckpointId, files: Mapping[str, Any], keep_last: int = 0
+) -> Path:
+    """Atomically write `files` (name -> tensor tree, str or bytes) as checkpoint `ckpt`.
+
+    Refuses non-finite model weights (`files["model.pt"]`). `keep_last` > 0 keeps
+    that many newest complete checkpoints after the new one is in place.
+    On any OSError (e.g. ENOSPC) the temporary folder is removed, earlier
+    checkpoints are untouched, and CheckpointError explains what happened.
+    """
+    root = Path(root)
+    if "model.pt" in files:
+        check_finite_state(files["model.pt"], "model")
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
+    final = root / ckpt.name
+    tmp = root / f".tmp-{ckpt.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        _write_folder(tmp, ckpt, files)
+        _install(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else str(exc)
+        raise CheckpointError(
+            f"could not write checkpoint {str(final)!r}: {reason}; the partial checkpoint "
+            "was removed and earlier checkpoints are intact"
+        ) from None
+    if keep_last > 0:
+        prune_checkpoints(root, keep_last, upto=ckpt)
+    return final
+
+
+def prune_checkpoints(
+    root: Path, keep_last: int, upto: CheckpointId | None = None
+) -> list[Path]:
+    """Delete checkpoints beyond the newest `keep_last` at or before `upto`; returns
+    the deleted. Newer ones (another timeline, e.g. a corrupt one we fell back from)
+    are not counted, so they can never push a good checkpoint out."""
+    found = [(c, p) for c, p in list_checkpoints(root) if upto is None or c <= upto]
+    doomed = [path for _, path in found[:-keep_last]] if keep_last > 0 else []
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def list_checkpoints(root: Path) -> list[tuple[CheckpointId, Path]]:
+    """Finished checkpoint folders (a manifest present), oldest first; not verified."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        ckpt = CheckpointId.parse(path.name)
+        if ckpt is not None and path.is_dir() and (path / MANIFEST).is_file():
+            found.append((ckpt, path))
+    return sorted(found)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The parsed manifest of checkpoint folder `path` (ChecksumError when unreadable)."""
+    manifest_path = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+    except FileNotFoundError:
+        raise ChecksumError(f"checkpoint file {str(manifest_path)!r} is missing") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ChecksumError(
+            f"checkpoint file {str(manifest_path)!r} is unreadable or corrupt ({exc})"
+        ) from None
+    return manifest
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check every file against the manifest; returns the manifest or raises
+    ChecksumError naming the missing, truncated or altered file."""
+    manifest = read_manifest(path)
+    for name, entry in manifest["files"].items():
+        file = Path(path) / name
+        if not file.is_file():
+            raise ChecksumError(f"checkpoint file {str(file)!r} is missing")
+        size = file.stat().st_size
+        if size != entry.get("bytes"):
+            raise ChecksumError(
+                f"checkpoint file {str(file)!r} is truncated or altered: "
+                f"expected {entry.get('bytes')} bytes, found {size}"
+            )
+        if _sha256_file(file) != entry.get("sha256"):
+            raise ChecksumError(
+                f"checkpoint file {str(file)!r} is altered: its sha256 does not match "
+                "the manifest"
+            )
+    return manifest
+
+
+def find_latest(root: Path) -> Path | None:
+    """Newest checkpoint under `root` whose manifest verifies; older good ones are
+    used with a warning when newer ones are corrupt. None when there is none at all."""
+    found = list_checkpoints(root)
+    errors = []
+    for _, path in reversed(found):
+        try:
+            verify_checkpoint(path)
+        except ChecksumError as exc:
+            log.warning("skipping corrupt checkpoint: %s", exc)
+            errors.append(str(exc))
+            continue
+        if errors:
+            log.warning("resuming from the previous good checkpoint %s", path)
+        return path
+    if errors:
+        raise ChecksumError(f"no valid checkpoint in {str(root)!r}: " + "; ".join(errors))
+    return None
+
+
+def resolve_resume(spec: str | None, root: Path) -> Path | None:
+    """`None`/`""` -> no resume; `latest` -> find_latest(root) (None when no
+    checkpoint exists yet); a path -> that checkpoint, verified."""
+    if not spec:
+        return None
+    if spec == "latest":
+        return find_latest(root)
+    path = Path(spec)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"resume_training_from_checkpoint: expected 'latest' or a checkpoint folder, "
+            f"got {spec!r} (not a folder)"
+        )
+    verify_checkpoint(path)
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Verify and load every file of a checkpoint: {name: object}; `.yaml`/`.json`
+    files come back as text, `.pt` files through torch.load(weights_only=True)."""
+    path = Path(path)
+    manifest = verify_checkpoint(path)
+    loaded: dict[str, Any] = {"manifest": manifest}
+    for name in manifest["files"]:
+        file = path / name
+        if name.endswith(".pt"):
+            try:
+                loaded[name] = torch.load(file, map_location=map_location, weights_only=True)
+            except Exception as exc:  # a verified file that still cannot be unpickled
+                raise CheckpointError(f"cannot load checkpoint file {str(file)!r}: {exc}") from None
+        else:
+            loaded[name] = file.read_text()
+    return loaded

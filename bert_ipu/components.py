@@ -1,0 +1,195 @@
+"""Build everything a run needs from a `Config`: device, data, model, optimizer, LR
+schedule, loss scaler, DynSp controller, FLOPs counter. No training happens here.
+
+Order matters for reproducibility: the global RNGs are seeded from
+`training.seed` first (dropout draws from torch's global generator); the model is
+initialised from its own generator; the data order and masks are counter-based
+(seed, epoch, index), and the controller derives its random numbers from
+(sparsity.seed, update index, layer), so no component consumes another's randomness.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from bert_ipu import distributed as D
+from bert_ipu.config import Config, ConfigError, to_data_spec
+from bert_ipu.data import PretrainingDataset, PretrainingLoader, build_datasets
+from bert_ipu.devices import Device, resolve_device
+from bert_ipu.model import build_model, encoder_linear_shapes, parameter_groups, sparse_modules
+from bert_ipu.optim import LRSchedule, build_optimizer, trainable_params, warmup_steps_from
+from bert_ipu.precision import LossScaler, build_loss_scaler, resolve_precision
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FlopsCounter:
+    """Training FLOPs per sequence (DESIGN section 2) from the model's actual nnz."""
+
+    per_sequence: float
+    """3 * (2 S * sum of active weights + 4 S^2 H L)."""
+    rigl_per_update_sequence: float
+    """Dense-gradient FLOPs per sequence of an update step's batch (gradient regrowth)."""
+
+
+@dataclass
+class Components:
+    """The built run; `model` may be DDP-wrapped, `core` never is."""
+
+    cfg: Config
+    device: Device
+    dist: D.DistInfo
+    precision: str
+    model: nn.Module
+    core: nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    schedule: LRSchedule
+    scaler: LossScaler
+    controller: Any | None
+    frozen: Any | None
+    train_loader: PretrainingLoader
+    eval_dataset: PretrainingDataset | None
+    total_steps: int
+    sequences_per_step: int
+    flops: FlopsCounter
+    ipu: Any | None = None
+    """bert_ipu.ipu.IpuRunner when training on IPUs (PopTorch), else None."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU + CUDA), numpy and python's global RNGs."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def build_loaders(cfg: Config, info: D.DistInfo, log: Log
+                  ) -> tuple[PretrainingLoader, PretrainingDataset | None]:
+    """Prepare the data once (rank 0 first, so ranks never race on the cache)."""
+    spec = to_data_spec(cfg)
+    if info.enabled and not info.is_main:
+        torch.distributed.barrier()
+    train_ds, eval_ds, tok = build_datasets(spec, log=log if info.is_main else (lambda s: None))
+    if info.enabled and info.is_main:
+        torch.distributed.barrier()
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size: expected >= the tokenizer's {tok.vocab_size} tokens "
+            f"({tok.vocab_file}), got {cfg.model.vocab_size}", "model.vocab_size")
+    t = cfg.training
+    train = PretrainingLoader(train_ds, t.micro_batch_size, seed=spec.seed, rank=info.rank,
+                              world_size=info.world_size, num_workers=cfg.data.num_workers)
+    return train, eval_ds
+
+
+def total_training_steps(cfg: Config, loader: PretrainingLoader) -> int:
+    """training.training_steps, else ceil(epochs x batches per epoch / accumulation)."""
+    t = cfg.training
+    if t.training_steps is not None:
+        return t.training_steps
+    return max(1, math.ceil(t.epochs * len(loader) / t.gradient_accumulation))
+
+
+def build_controller(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                     total_steps: int) -> Any | None:
+    """DynSpController for static/dynamic sparsity (static = 0 updates); None if dense."""
+    s = cfg.sparsity
+    if s.method == "dense":
+        return None
+    from sparse_ops.dynsp.controller import DynSpController
+
+    n_updates = s.n_updates if s.method == "dynamic" else 0
+    try:
+        return DynSpController(
+            model, optimizer, total_steps, n_updates=n_updates, prune_ratio=s.prune_ratio,
+            prune_schedule=s.prune_schedule, end_fraction=s.end_fraction, regrow=s.regrow,
+            regrow_init=s.regrow_init, regrow_pruned=s.regrow_pruned, seed=s.seed,
+            placement=s.placement)
+    except ValueError as exc:
+        raise ConfigError(f"sparsity.n_updates: {exc} (training steps: {total_steps})",
+                          "sparsity.n_updates") from None
+
+
+def build_frozen_subset(cfg: Config, model: nn.Module) -> Any | None:
+    """The freeze/unfreeze ablation (sparsity.freeze_fraction > 0), else None."""
+    s = cfg.sparsity
+    if s.freeze_fraction <= 0 or s.method == "dense":
+        return None
+    from sparse_ops.ablations import FrozenSubset
+
+    if s.freeze_until_step is not None:
+        return FrozenSubset(model, s.freeze_fraction, s.freeze_until_step, "until", s.seed)
+    return FrozenSubset(model, s.freeze_fraction, s.freeze_from_step, "from", s.seed)
+
+
+def flops_counter(cfg: Config, core: nn.Module) -> FlopsCounter:
+    """Per-sequence FLOPs from the actual active weights of every encoder linear."""
+    from sparse_ops.flops import attention_flops_per_sequence, rigl_flops_per_update
+
+    S, m = cfg.data.sequence_length, cfg.model
+    shapes = encoder_linear_shapes(m)
+    sparse = sparse_modules(core)
+    active = sum(sparse[n].nnz * sparse[n].block_size ** 2 if n in sparse else o * i
+                 for n, (o, i) in shapes.items())
+    per_seq = 3 * 2 * S * active + attention_flops_per_sequence(S, m.hidden_size,
+                                                                 m.num_hidden_layers)
+    rigl = 0.0
+    if cfg.sparsity.method == "dynamic" and cfg.sparsity.regrow == "gradient":
+        rigl = float(rigl_flops_per_update(list(shapes.values()), S))
+    return FlopsCounter(float(per_seq), rigl)
+
+
+def build_components(cfg: Config, log: Log = print) -> Components:
+    """Device, data, model, optimizer, schedule, scaler, controller: ready to train."""
+    info = D.from_environment()
+    device = resolve_device(cfg.training.device, info.local_rank)
+    D.init(info, device.kind)
+    seed_everything(cfg.training.seed)
+    train, held_out = build_loaders(cfg, info, log)
+    total = total_training_steps(cfg, train)
+    t = cfg.training
+    core = build_model(cfg.model, cfg.sparsity, seed=t.seed).to(device.torch_device)
+    groups = parameter_groups(core, t.weight_decay)
+    optimizer = build_optimizer(groups, t.learning_rate, betas=tuple(t.adam_betas),
+                                eps=t.adam_eps)
+    ipu = _ipu_runner(cfg, core, groups) if device.kind == "ipu" else None
+    precision = "fp16" if ipu else resolve_precision(t.precision, device.torch_device)
+    replicas = t.replication_factor if ipu else info.world_size
+    return Components(
+        cfg=cfg, device=device, dist=info, precision=precision,
+        model=_wrap(core, cfg, info, device, log), core=core, optimizer=optimizer,
+        params=trainable_params(optimizer),
+        schedule=LRSchedule(t.learning_rate, total, warmup_steps_from(t.lr_warmup, total),
+                            t.lr_schedule),
+        scaler=build_loss_scaler(precision, t.loss_scaling, t.auto_loss_scaling),
+        controller=build_controller(cfg, core, None if ipu else optimizer, total),
+        frozen=build_frozen_subset(cfg, core), train_loader=train, eval_dataset=held_out,
+        total_steps=total, sequences_per_step=t.micro_batch_size * t.gradient_accumulation
+        * replicas, flops=flops_counter(cfg, core), ipu=ipu)
+
+
+def _wrap(core: nn.Module, cfg: Config, info: D.DistInfo, device: Device, log: Log
+          ) -> nn.Module:
+    """torch.compile (training.compile) inside DDP (several ranks); the checkpointed
+    state always comes from the unwrapped `core`."""
+    t = cfg.training
+    if device.kind != "ipu" and t.replication_factor != info.world_size and info.is_main:
+        log(f"warning: training.replication_factor={t.replication_factor} is used on IPUs "
+            f"only; this run has {info.world_size} data-parallel rank(s) (WORLD_SIZE)")
+    model = torch.compile(core) if t.compile and device.kind != "ipu" else core
+    return D.wrap_model(model, info, device.torch_device)
+
+
+def _ipu_runner(cfg: Config, core: nn.Module, groups: list[dict[str, Any]]) -> Any:
+    """The PopTorch path; imported only here, so CPU/CUDA runs never need poptorch."""
+    from bert_ipu.ipu import IpuRunner
+
+    return IpuRunner(core, groups, cfg)

@@ -1,0 +1,165 @@
+"""The run configuration: one frozen, typed dataclass tree loaded from YAML.
+
+Precedence is CLI > YAML > defaults:
+
+    cfg = load_config("configs/demo.yaml", ["training.learning_rate=1e-3", "model.size=tiny"])
+
+Every bad input (unknown key at any depth, wrong type, out-of-range value, invalid YAML,
+bad `key=value` syntax) raises `ConfigError` naming the dotted path, the expectation and
+the value. Sections validate themselves on construction and `Config` checks the
+cross-section rules, so every `Config` that exists is valid. YAML files may use
+`extends: PATH` (see `bert_ipu.config_io`).
+
+Resolution (done once, written into the saved config): `model.size` fills the model
+shape fields left null (explicit fields win; FFN = 4H and head size 64 when not given);
+`model.vocab_size` defaults to `data.vocab_size`; `data.seed` and `sparsity.seed` default
+to `training.seed`; `output_dir` defaults to `runs/<name>` and
+`checkpoint.checkpoint_output_dir` to `<output_dir>/checkpoints`.
+
+Decisions: `sparsity.method: dense` requires `sparsity.sparsity: 0`, and `static` /
+`dynamic` require 0 < sparsity < 1 (a contradictory pair is an error, never ignored);
+`training.training_steps`, when set, overrides `training.epochs`; `training.lr_warmup`
+is a step count (int) or a fraction of the run (float in [0, 1)); block-size
+divisibility is only checked for sparse methods.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from bert_ipu.config_io import (
+    ConfigError, apply_overrides, coerce_fields, dump_yaml, fail, from_dict, need as _need,
+    read_yaml_tree, to_dict,
+)
+from bert_ipu.config_sections import (
+    CheckpointConfig, DataConfig, LoggingConfig, ModelConfig, SparsityConfig, TrainingConfig,
+)
+
+__all__ = [
+    "Config", "ConfigError", "ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
+    "CheckpointConfig", "LoggingConfig", "load_config", "config_from_dict", "config_to_dict",
+    "save_config", "to_data_spec",
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run; see the module docstring for resolution and precedence."""
+
+    SECTION: ClassVar[str] = ""
+    name: str = "bert"
+    """Run name (used in the default output_dir)."""
+    output_dir: str | None = None
+    """Run folder: config.yaml, metrics.jsonl, eval.json, checkpoints (null: runs/<name>)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """BERT shape."""
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    """Sparse linears and DynSp."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Corpus, tokenizer, examples."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """Optimisation and devices."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints and resume."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics and evaluation."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, self.SECTION)
+        _need(len(self.name.strip()) > 0, "name", "a non-empty string", self.name)
+        self._resolve()
+        self._check_cross_section()
+
+    def _set(self, section: str, **changes: Any) -> None:
+        object.__setattr__(self, section, dataclasses.replace(getattr(self, section), **changes))
+
+    def _resolve(self) -> None:
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", f"runs/{self.name}")
+        if self.checkpoint.checkpoint_output_dir is None:
+            self._set("checkpoint", checkpoint_output_dir=f"{self.output_dir}/checkpoints")
+        if self.model.vocab_size is None:
+            self._set("model", vocab_size=self.data.vocab_size)
+        for section in ("data", "sparsity"):
+            if getattr(self, section).seed is None:
+                self._set(section, seed=self.training.seed)
+
+    def _check_cross_section(self) -> None:
+        m, s, d, t = self.model, self.sparsity, self.data, self.training
+        if s.method != "dense":
+            for name in ("hidden_size", "intermediate_size"):
+                size = getattr(m, name)
+                _need(size % s.block_size == 0, "sparsity.block_size",
+                      f"a divisor of model.{name}={size}", s.block_size)
+        _need(d.sequence_length <= m.max_position_embeddings, "data.sequence_length",
+              f"<= model.max_position_embeddings={m.max_position_embeddings}", d.sequence_length)
+        if d.vocab_file is None:
+            _need(m.vocab_size >= d.vocab_size, "model.vocab_size",
+                  f">= data.vocab_size={d.vocab_size} (the trained vocabulary)", m.vocab_size)
+        _need(m.pad_token_id < m.vocab_size, "model.pad_token_id",
+              f"< model.vocab_size={m.vocab_size}", m.pad_token_id)
+        if t.layers_per_ipu is not None:
+            _need(sum(t.layers_per_ipu) == m.num_hidden_layers, "training.layers_per_ipu",
+                  f"entries summing to model.num_hidden_layers={m.num_hidden_layers}",
+                  list(t.layers_per_ipu))
+
+
+# ---------------------------------------------------------------- public API
+def config_from_dict(raw: Mapping[str, Any], overrides: list[str] | None = None) -> Config:
+    """Config from a raw (YAML-like) dict with optional `key=value` overrides on top."""
+    if not isinstance(raw, Mapping):
+        raise fail("config", "a mapping of config sections", raw)
+    return from_dict(Config, apply_overrides(raw, [] if overrides is None else overrides))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (with `extends:`), apply `key=value` overrides, validate.
+
+    `path=None` starts from the defaults. Raises ConfigError on any bad input."""
+    raw = {} if path is None else read_yaml_tree(path)
+    return config_from_dict(raw, overrides)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data (sections as dicts, tuples as lists)."""
+    return to_dict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML; `load_config(path)` gives back an equal Config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Resolved configuration (defaults < YAML < CLI); reload with load_config.\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(header + dump_yaml(config_to_dict(cfg)), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def to_data_spec(cfg: Config) -> Any:
+    """`bert_ipu.data.spec.DataSpec` from the `data` section: every DataSpec field that
+    the section has is passed on (the others keep DataSpec's defaults). A list goes to
+    a single-valued DataSpec field only when it has one entry; the data stage's own
+    checks become ConfigError naming `data`."""
+    from bert_ipu.data.spec import DataSpec  # the data stage is imported only when used
+
+    values = config_to_dict(cfg)["data"]
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(DataSpec):
+        if not f.init or f.name not in values:
+            continue
+        value = values[f.name]
+        if isinstance(value, list):
+            if str(f.type).startswith("tuple"):
+                value = tuple(value)
+            else:
+                _need(len(value) <= 1, f"data.{f.name}", "one entry (this data stage reads "
+                      "a single dataset)", value)
+                value = value[0] if value else None
+        kwargs[f.name] = value
+    try:
+        return DataSpec(**kwargs)
+    except ValueError as err:
+        raise ConfigError(f"data: {err}", "data", "values the data stage accepts", None) from err

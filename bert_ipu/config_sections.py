@@ -1,0 +1,343 @@
+"""The sections of the run configuration (`bert_ipu.config` assembles them into `Config`).
+
+Each section is a frozen dataclass with a one-line docstring under every field; it
+checks its own types and ranges on construction (cross-section rules live in
+`Config`). Field names mirror Graphcore's PopTorch BERT where those exist and Hugging
+Face's BertConfig for the model (DESIGN section 4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from bert_ipu.config_io import (
+    check_ranges as _check_ranges, coerce_fields, need as _need, nonneg as _nonneg,
+    pos as _pos, unit as _unit, unit_open as _unit_open,
+)
+from bert_ipu.presets import MODEL_SIZES
+
+__all__ = ["ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
+           "CheckpointConfig", "LoggingConfig"]
+
+
+def _seed(v: int) -> bool:
+    return 0 <= v < 2**63
+
+
+SizeName = Literal["tiny", "mini", "small", "medium", "base"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """BERT shape (Hugging Face BertConfig names) and regularisation."""
+
+    SECTION: ClassVar[str] = "model"
+    size: SizeName | None = "base"
+    """Preset of DESIGN section 2 (tiny..base) filling the shape fields left null."""
+    hidden_size: int | None = None
+    """Hidden width H (null: from `size`)."""
+    num_hidden_layers: int | None = None
+    """Encoder layers L (null: from `size`)."""
+    num_attention_heads: int | None = None
+    """Attention heads (null: H / 64); must divide hidden_size."""
+    intermediate_size: int | None = None
+    """FFN width (null: 4H)."""
+    vocab_size: int | None = None
+    """Embedding rows (null: data.vocab_size); must be >= the tokenizer's vocabulary."""
+    max_position_embeddings: int = 512
+    """Position embedding rows; must be >= data.sequence_length."""
+    type_vocab_size: int = 2
+    """Segment ids (2 for NSP pairs)."""
+    hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings and sub-layer outputs."""
+    attention_probs_dropout_prob: float = 0.1
+    """Dropout on attention probabilities."""
+    layer_norm_eps: float = 1e-12
+    """LayerNorm epsilon."""
+    initializer_range: float = 0.02
+    """Std of the truncated-normal init (cut at 2 std)."""
+    pad_token_id: int = 0
+    """Id of [PAD] (its embedding row starts at zero and gets no gradient)."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, self.SECTION)
+        for name in ("hidden_size", "num_hidden_layers"):
+            if getattr(self, name) is None:
+                _need(self.size is not None, f"model.{name}", "an integer when model.size "
+                      "is null", None)
+                object.__setattr__(self, name, getattr(MODEL_SIZES[self.size], name))
+        if self.num_attention_heads is None:
+            object.__setattr__(self, "num_attention_heads", max(self.hidden_size // 64, 1))
+        if self.intermediate_size is None:
+            object.__setattr__(self, "intermediate_size", 4 * self.hidden_size)
+        _check_ranges(self, {
+            "hidden_size": (_pos, "an integer > 0"),
+            "num_hidden_layers": (_pos, "an integer > 0"),
+            "num_attention_heads": (_pos, "an integer > 0"),
+            "intermediate_size": (_pos, "an integer > 0"),
+            "vocab_size": (lambda v: v >= 8, "an integer >= 8"),
+            "max_position_embeddings": (_pos, "an integer > 0"),
+            "type_vocab_size": (lambda v: v >= 2, "an integer >= 2 (NSP segments)"),
+            "hidden_dropout_prob": (_unit_open, "a probability in [0, 1)"),
+            "attention_probs_dropout_prob": (_unit_open, "a probability in [0, 1)"),
+            "layer_norm_eps": (_pos, "a number > 0"),
+            "initializer_range": (_pos, "a number > 0"),
+            "pad_token_id": (_nonneg, "an integer >= 0"),
+        })
+        _need(self.hidden_size % self.num_attention_heads == 0, "model.num_attention_heads",
+              f"a divisor of model.hidden_size={self.hidden_size}", self.num_attention_heads)
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Sparse encoder linears and the DynSp pattern updates (DESIGN section 2)."""
+
+    SECTION: ClassVar[str] = "sparsity"
+    method: Literal["dense", "static", "dynamic"] = "dense"
+    """dense baseline, static random pattern, or dynamic (DynSp) pattern updates."""
+    sparsity: float = 0.0
+    """Fraction of inactive blocks in every sparse layer, in [0, 1); 0 iff dense."""
+    block_size: Literal[1, 4, 8, 16] = 16
+    """B x B blocks (1 = unstructured); must divide hidden and intermediate sizes."""
+    regrow: Literal["random", "gradient"] = "random"
+    """Where pruned blocks go: uniformly random, or largest dense-gradient norm (RigL)."""
+    n_updates: int = 160
+    """Pattern updates over the run (0 = static)."""
+    prune_ratio: float = 0.5
+    """pr_max: fraction of active blocks pruned at the first update."""
+    prune_schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    """Decay of the pruning ratio over the run."""
+    end_fraction: float = 1.0
+    """Updates happen within the first end_fraction of the training steps."""
+    regrow_init: Literal["zero", "normal"] = "zero"
+    """Values of newly allocated blocks: zeros or truncated normal."""
+    regrow_pruned: bool = False
+    """Allow re-allocating the positions pruned in the same update."""
+    distribution: Literal["uniform", "erdos_renyi"] = "uniform"
+    """Per-layer densities: the same everywhere, or Erdos-Renyi (same total)."""
+    inactive: Literal["zero", "frozen"] = "zero"
+    """Inactive weights are zeros, or frozen random values (mask-based ablation)."""
+    freeze_fraction: float = 0.0
+    """Fraction of weights frozen at random (ablation; 0 = off)."""
+    freeze_until_step: int | None = None
+    """Frozen weights unfreeze at this step (first-half ablation)."""
+    freeze_from_step: int | None = None
+    """Weights freeze from this step on (second-half ablation)."""
+    backend: Literal["auto", "reference", "dense", "bsr", "gather_bmm", "triton"] = "auto"
+    """Sparse matmul kernel backend of SparseLinear."""
+    placement: Literal["host", "device"] = "host"
+    """Where the pattern-update controller computes (host CPU or the accelerator)."""
+    seed: int | None = None
+    """Seed of patterns and pattern updates (null: training.seed)."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, self.SECTION)
+        _check_ranges(self, {
+            "sparsity": (_unit_open, "a number in [0, 1)"),
+            "n_updates": (_nonneg, "an integer >= 0"),
+            "prune_ratio": (_unit, "a number in [0, 1]"),
+            "end_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+            "freeze_fraction": (_unit_open, "a number in [0, 1)"),
+            "freeze_until_step": (_nonneg, "an integer >= 0 or null"),
+            "freeze_from_step": (_nonneg, "an integer >= 0 or null"),
+            "seed": (_seed, "an integer in [0, 2**63 - 1] or null"),
+        })
+        if self.method == "dense":
+            _need(self.sparsity == 0, "sparsity.sparsity", "0 with sparsity.method='dense' "
+                  "(use method static or dynamic for a sparse model)", self.sparsity)
+        else:
+            _need(self.sparsity > 0, "sparsity.sparsity", f"a number in (0, 1) with "
+                  f"sparsity.method={self.method!r} (use method dense for 0)", self.sparsity)
+        _need(self.freeze_until_step is None or self.freeze_from_step is None,
+              "sparsity.freeze_from_step", "null when sparsity.freeze_until_step is set",
+              self.freeze_from_step)
+        if self.freeze_fraction > 0:
+            _need(self.freeze_until_step is not None or self.freeze_from_step is not None,
+                  "sparsity.freeze_fraction", "0 unless freeze_until_step or "
+                  "freeze_from_step is set", self.freeze_fraction)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Corpus, tokenizer and pre-training examples (MLM with whole-word masking + NSP)."""
+
+    SECTION: ClassVar[str] = "data"
+    source: Literal["builtin", "files", "hf"] = "builtin"
+    """builtin (Python stdlib documentation, no download), files, or hf (`datasets`)."""
+    input_files: tuple[str, ...] = ()
+    """Plain-text files or globs for source=files."""
+    format: Literal["auto", "file", "blank_line", "wikitext"] = "auto"
+    """Document layout of a text: one per file, blank-line separated, or ` = Title = `."""
+    hf_path: tuple[str, ...] = ()
+    """source=hf: `datasets` names, builders or local paths (several are concatenated)."""
+    hf_name: tuple[str | None, ...] = ()
+    """source=hf: configuration names, one per hf_path (empty: none)."""
+    hf_split: str = "train"
+    """source=hf: split to read from every dataset."""
+    hf_text_column: str = "text"
+    """source=hf: column holding the document text."""
+    hf_data_files: tuple[str, ...] = ()
+    """source=hf: data files for a builder such as `text` or `json`."""
+    vocab_file: str | None = None
+    """WordPiece vocab.txt to use; null trains one on the corpus."""
+    vocab_size: int = 30522
+    """Size of the trained WordPiece vocabulary."""
+    lowercase: bool = True
+    """Lowercase and strip accents (uncased BERT)."""
+    sequence_length: int = 128
+    """Tokens per example, [CLS] A [SEP] B [SEP] included."""
+    mask_tokens: int = 20
+    """Maximum masked-LM predictions per sequence."""
+    masked_lm_prob: float = 0.15
+    """Fraction of tokens masked (by whole words)."""
+    short_seq_prob: float = 0.1
+    """Probability of a shorter target length (as Google's create_pretraining_data)."""
+    eval_fraction: float = 0.02
+    """Fraction of documents held out for evaluation (fixed masks)."""
+    max_documents: int | None = None
+    """Cap on documents read (null: all)."""
+    shard_documents: int = 100_000
+    """Documents prepared at a time (random-next B segments come from the same shard)."""
+    cache_dir: str = "~/.cache/bert_ipu/data"
+    """Where prepared examples are cached (one folder per content hash)."""
+    verify_checksums: bool = True
+    """Check the sha256 of every cache file when loading it."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    seed: int | None = None
+    """Seed of pairing, masking and shuffling (null: training.seed)."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, self.SECTION)
+        _check_ranges(self, {
+            "vocab_size": (lambda v: v >= 8, "an integer >= 8"),
+            "sequence_length": (lambda v: v >= 8, "an integer >= 8"),
+            "mask_tokens": (lambda v: 1 <= v <= self.sequence_length - 2,
+                            f"an integer in [1, data.sequence_length - 2 = "
+                            f"{self.sequence_length - 2}]"),
+            "masked_lm_prob": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+            "short_seq_prob": (_unit, "a number in [0, 1]"),
+            "eval_fraction": (_unit_open, "a number in [0, 1)"),
+            "max_documents": (_pos, "an integer > 0 or null"),
+            "shard_documents": (lambda v: v >= 2, "an integer >= 2"),
+            "seed": (_seed, "an integer in [0, 2**63 - 1] or null"),
+            "num_workers": (_nonneg, "an integer >= 0"),
+        })
+        _need(self.source != "files" or len(self.input_files) > 0, "data.input_files",
+              "at least one file or glob with data.source='files'", self.input_files)
+        _need(self.source != "hf" or len(self.hf_path) > 0, "data.hf_path",
+              "at least one dataset with data.source='hf'", self.hf_path)
+        _need(len(self.hf_name) in (0, len(self.hf_path)), "data.hf_name",
+              f"empty or one entry per data.hf_path ({len(self.hf_path)})", self.hf_name)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation (AdamW per DESIGN section 2), precision and devices."""
+
+    SECTION: ClassVar[str] = "training"
+    micro_batch_size: int = 32
+    """Sequences per forward/backward pass (per replica)."""
+    gradient_accumulation: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    replication_factor: int = 1
+    """Data-parallel replicas (torchrun ranks or IPU replicas)."""
+    training_steps: int | None = None
+    """Optimizer steps; overrides epochs when set."""
+    epochs: float = 1.0
+    """Passes over the training examples (used when training_steps is null)."""
+    learning_rate: float = 1e-4
+    """Peak learning rate."""
+    lr_warmup: int | float = 10000
+    """Warmup: steps (int) or a fraction of the run (float in [0, 1))."""
+    lr_schedule: Literal["linear", "constant", "cosine"] = "linear"
+    """Decay after warmup."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (never on biases and LayerNorm)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_eps: float = 1e-6
+    """AdamW epsilon."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    """Matmul precision (auto: bf16 on CUDA or AMX CPUs, else fp32); masters stay fp32."""
+    loss_scaling: float = 512.0
+    """fp16 static loss scale (the initial scale when auto_loss_scaling)."""
+    auto_loss_scaling: bool = False
+    """fp16 dynamic loss scaling: overflowing steps are skipped, the scale backs off."""
+    max_nonfinite_steps: int = 10
+    """Consecutive non-finite losses tolerated before the run stops."""
+    seed: int = 42
+    """Seed of weight init (and of data/sparsity when theirs are null)."""
+    device: Literal["auto", "cpu", "cuda", "ipu"] = "auto"
+    """Where to train (auto: cuda if available, else cpu)."""
+    layers_per_ipu: tuple[int, ...] | None = None
+    """IPU pipeline: encoder layers per stage; must sum to model.num_hidden_layers."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, self.SECTION)
+        _check_ranges(self, {
+            "micro_batch_size": (_pos, "an integer > 0"),
+            "gradient_accumulation": (_pos, "an integer > 0"),
+            "replication_factor": (_pos, "an integer > 0"),
+            "training_steps": (_pos, "an integer > 0 or null"),
+            "epochs": (_pos, "a number > 0"),
+            "learning_rate": (_pos, "a number > 0"),
+            "lr_warmup": (lambda v: v >= 0 and (isinstance(v, int) or v < 1),
+                          "a step count (integer >= 0) or a fraction (number in [0, 1))"),
+            "weight_decay": (_nonneg, "a number >= 0"),
+            "adam_betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+            "adam_eps": (_pos, "a number > 0"),
+            "max_grad_norm": (_nonneg, "a number >= 0"),
+            "loss_scaling": (_pos, "a number > 0"),
+            "max_nonfinite_steps": (_nonneg, "an integer >= 0"),
+            "seed": (_seed, "an integer in [0, 2**63 - 1]"),
+            "layers_per_ipu": (lambda v: len(v) > 0 and all(n >= 0 for n in v),
+                               "a non-empty list of integers >= 0, or null"),
+        })
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoint location, frequency, retention and resume (PopTorch BERT names)."""
+
+    SECTION: ClassVar[str] = "checkpoint"
+    checkpoint_output_dir: str | None = None
+    """Checkpoint folder (null: <output_dir>/checkpoints)."""
+    checkpoint_steps: int = 1000
+    """Save every N optimizer steps (0: only at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept on disk (older ones are deleted)."""
+    resume_training_from_checkpoint: str | None = None
+    """null, `latest` (newest valid one in checkpoint_output_dir) or a checkpoint PATH."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, self.SECTION)
+        _check_ranges(self, {"checkpoint_steps": (_nonneg, "an integer >= 0"),
+                             "keep_last": (_pos, "an integer > 0")})
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Metrics, evaluation and console output."""
+
+    SECTION: ClassVar[str] = "logging"
+    log_steps: int = 10
+    """Write a metrics.jsonl line every N optimizer steps."""
+    eval_steps: int = 1000
+    """Evaluate on the held-out split every N steps (0: only at the end)."""
+    eval_batches: int | None = None
+    """Held-out batches per evaluation (null: the whole split)."""
+    tensorboard: bool = True
+    """Also write TensorBoard events when tensorboard is installed."""
+    progress_bar: bool = True
+    """Show a progress bar with loss, sequences/s and ETA."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, self.SECTION)
+        _check_ranges(self, {"log_steps": (_pos, "an integer > 0"),
+                             "eval_steps": (_nonneg, "an integer >= 0"),
+                             "eval_batches": (_pos, "an integer > 0 or null")})

@@ -1,0 +1,239 @@
+"""Corpus sources -> documents (lists of sentences), with an identity for the cache key.
+
+    corpus = open_corpus(DataSpec(source="files", input_files=("texts/*.txt",)))
+    corpus.identity()      # JSON-able; changes when the corpus content may have changed
+    for sentences in corpus.documents(): ...   # every call is a fresh, identical pass
+
+Sources: `builtin` (stdlib documentation, see stdlib_docs.py), `files` (plain text files,
+globs or folders; binary and non-UTF-8 files skipped with a count), `hf` (a Hugging Face
+`datasets` dataset by name / config / split, a builder with data files, or a local folder
+saved with `save_to_disk`). Every bad input raises `DataError` naming the thing.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from bert_ipu.data import stdlib_docs
+from bert_ipu.data.spec import DataError, DataSpec
+from bert_ipu.data.text import iter_documents, parse_documents, sentences_of
+
+Document = list[str]
+Log = Callable[[str], None]
+_MAGIC = set("*?[")
+
+
+class Corpus:
+    """A re-iterable source of documents; subclasses set `description`."""
+
+    description = "corpus"
+
+    def identity(self) -> dict[str, Any]:
+        """What the prepared data depends on (hashed into the cache key)."""
+        raise NotImplementedError
+
+    def documents(self) -> Iterator[Document]:
+        """One pass over the documents, in a deterministic order."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- builtin
+@lru_cache(maxsize=2)
+def _stdlib_extract(python: str) -> dict:
+    """Run stdlib_docs.py in an isolated subprocess of interpreter `python` (cached)."""
+    cmd = [python, "-I", "-W", "ignore", stdlib_docs.__file__]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.decode("utf-8", "replace")[-2000:])
+        return json.loads(done.stdout.decode("utf-8"))
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
+        raise DataError(f"DataSpec.source='builtin': extracting the standard library "
+                        f"documentation with {python} failed: {err}") from err
+
+
+class BuiltinCorpus(Corpus):
+    """The installed Python standard library's docstrings and `pydoc` topics."""
+
+    def __init__(self) -> None:
+        data = _stdlib_extract(sys.executable)
+        self._docs: list[list[str]] = data["documents"]
+        self.description = (f"built-in corpus (Python {sys.version.split()[0]} stdlib docs: "
+                            f"{data['imported']} modules, {len(data['failed'])} not importable,"
+                            f" {len(self._docs)} documents)")
+        text = json.dumps(self._docs, ensure_ascii=False).encode("utf-8")
+        self._sha = hashlib.sha256(text).hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        return {"source": "builtin", "python": sys.version, "docs_sha256": self._sha}
+
+    def documents(self) -> Iterator[Document]:
+        for paragraphs in self._docs:
+            sentences = sentences_of(paragraphs)
+            if sentences:
+                yield sentences
+
+
+# ----------------------------------------------------------------------------- files
+def resolve_input_files(patterns: tuple[str, ...]) -> list[Path]:
+    """Files, globs (`**` recursive) and folders -> existing files, sorted per pattern,
+    de-duplicated in order. A pattern matching nothing raises DataError naming it."""
+    out: dict[Path, None] = {}
+    for pattern in patterns:
+        expanded = os.path.expanduser(pattern)
+        if _MAGIC & set(expanded):
+            found = [Path(p) for p in sorted(glob.glob(expanded, recursive=True))]
+            found = [p for p in found if p.is_file()]
+            what = "glob matches no file"
+        elif Path(expanded).is_dir():
+            found = sorted(p for p in Path(expanded).rglob("*")
+                           if p.is_file() and not any(s.startswith(".") for s in p.parts))
+            what = "folder holds no file"
+        else:
+            found = [Path(expanded)] if Path(expanded).is_file() else []
+            what = "file does not exist"
+        if not found:
+            raise DataError(f"DataSpec.input_files: {pattern!r}: {what}")
+        out.update(dict.fromkeys(p.resolve() for p in found))
+    return list(out)
+
+
+def read_text_file(path: Path) -> tuple[str | None, str]:
+    """(text, "") for a UTF-8 text file, else (None, reason): binary or not UTF-8."""
+    data = path.read_bytes()
+    if b"\x00" in data[:65536]:
+        return None, "binary"
+    try:
+        return data.decode("utf-8-sig"), ""
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 (byte {err.start})"
+
+
+class FilesCorpus(Corpus):
+    """Plain-text files; layout per file from `spec.format` (auto-detected by default)."""
+
+    def __init__(self, spec: DataSpec, log: Log = print) -> None:
+        self.files = resolve_input_files(spec.input_files)
+        self.layout = spec.format
+        self.log = log
+        self.skipped: list[tuple[Path, str]] = []
+        self._reported = False
+        self.description = f"{len(self.files)} input file(s) from {list(spec.input_files)}"
+
+    def identity(self) -> dict[str, Any]:
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files]
+        return {"source": "files", "format": self.layout, "files": stats}
+
+    def documents(self) -> Iterator[Document]:
+        skipped: list[tuple[Path, str]] = []
+        for path in self.files:
+            text, reason = read_text_file(path)
+            if text is None:
+                skipped.append((path, reason))
+                continue
+            yield from parse_documents(text, self.layout)
+        self.skipped = skipped
+        if len(skipped) == len(self.files):
+            raise DataError(f"DataSpec.input_files: all {len(skipped)} file(s) skipped, "
+                            f"nothing left: {_list_skipped(skipped)}")
+        if skipped and not self._reported:
+            self.log(f"data: skipped {len(skipped)} of {len(self.files)} input file(s) "
+                     f"(binary or not UTF-8): {_list_skipped(skipped)}")
+        self._reported = True
+
+
+def _list_skipped(skipped: list[tuple[Path, str]], limit: int = 5) -> str:
+    shown = ", ".join(f"{p} ({why})" for p, why in skipped[:limit])
+    return shown + (f", ... {len(skipped) - limit} more" if len(skipped) > limit else "")
+
+
+# ----------------------------------------------------------------------------- hf
+def _load_hf(spec: DataSpec) -> Any:
+    """The `datasets.Dataset` named by spec.hf_* (DataError naming the field on failure)."""
+    import datasets
+
+    path = Path(os.path.expanduser(spec.hf_path or ""))
+    where = f"hf_path={spec.hf_path!r}, hf_name={spec.hf_name!r}, hf_split={spec.hf_split!r}"
+    try:
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if spec.hf_split not in ds:
+                    raise DataError(f"DataSpec.hf_split: expected one of {sorted(ds)} for "
+                                    f"{spec.hf_path!r}, got {spec.hf_split!r}")
+                ds = ds[spec.hf_split]
+            return ds
+        files = list(spec.hf_data_files) or None
+        return datasets.load_dataset(spec.hf_path, spec.hf_name, split=spec.hf_split,
+                                     data_files=files)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - datasets raises many types; name the input
+        raise DataError(f"DataSpec.hf_path: could not load the dataset ({where}): "
+                        f"{type(err).__name__}: {err}") from err
+
+
+class HFCorpus(Corpus):
+    """Rows of a Hugging Face dataset: one document per row, or lines of one text."""
+
+    def __init__(self, spec: DataSpec, log: Log = print) -> None:
+        self.spec = spec
+        self.ds = _load_hf(spec)
+        if spec.hf_text_column not in self.ds.column_names:
+            raise DataError(f"DataSpec.hf_text_column: expected one of "
+                            f"{self.ds.column_names} in {spec.hf_path!r}, "
+                            f"got {spec.hf_text_column!r}")
+        self.log = log
+        self.non_text_rows = 0
+        self.description = (f"Hugging Face dataset {spec.hf_path!r} ({spec.hf_name}, "
+                            f"split {spec.hf_split}, {len(self.ds)} rows)")
+
+    def identity(self) -> dict[str, Any]:
+        s = self.spec
+        return {"source": "hf", "path": s.hf_path, "name": s.hf_name, "split": s.hf_split,
+                "column": s.hf_text_column, "data_files": list(s.hf_data_files),
+                "format": s.format, "rows": len(self.ds),
+                "fingerprint": getattr(self.ds, "_fingerprint", None)}
+
+    def _rows(self) -> Iterator[str]:
+        self.non_text_rows = 0
+        column = self.ds.select_columns([self.spec.hf_text_column])
+        for batch in column.iter(batch_size=1000):
+            for value in batch[self.spec.hf_text_column]:
+                if isinstance(value, str):
+                    yield value
+                else:
+                    self.non_text_rows += 1
+
+    def documents(self) -> Iterator[Document]:
+        if self.spec.format in ("blank_line", "wikitext"):
+            lines = (line for row in self._rows() for line in (row.splitlines() or [""]))
+            yield from iter_documents(lines, self.spec.format)
+        else:
+            for row in self._rows():
+                sentences = sentences_of(row.splitlines())
+                if sentences:
+                    yield sentences
+        if self.non_text_rows:
+            self.log(f"data: skipped {self.non_text_rows} row(s) of {self.spec.hf_path!r} "
+                     f"whose {self.spec.hf_text_column!r} is not a string")
+
+
+def open_corpus(spec: DataSpec, log: Log = print) -> Corpus:
+    """The corpus named by `spec.source` (DataError on a missing or unreadable source)."""
+    if spec.source == "builtin":
+        return BuiltinCorpus()
+    if spec.source == "files":
+        return FilesCorpus(spec, log)
+    return HFCorpus(spec, log)
+
+
+__all__ = ["Corpus", "BuiltinCorpus", "FilesCorpus", "HFCorpus", "open_corpus",
+           "resolve_input_files", "read_text_file"]

@@ -1,0 +1,189 @@
+"""Run outputs: `metrics.jsonl`, optional TensorBoard, a tqdm progress bar, JSON files.
+
+Every writer is a no-op on non-zero ranks (`enabled=False`), so the trainer calls
+them unconditionally.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+# Fields that measure wall time; they differ between two otherwise identical runs.
+TIMING_FIELDS = ("sequences_per_second", "update_time_s", "elapsed_s", "step_time_s")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain (standard) JSON values; non-finite floats (a skipped step's gradient norm,
+    a NaN loss) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # 0-d tensors, numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a JSON file atomically (temporary file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of a metrics file (a torn last line is ignored)."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def _open_tensorboard(folder: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(folder))
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to `metrics.jsonl` (+ TensorBoard)."""
+
+    def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = _open_tensorboard(Path(output_dir) / "tensorboard") if (
+            enabled and tensorboard) else None
+        self._handle = None
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only records with `step <= step` (resume: the interrupted run may have
+        logged steps past its checkpoint; the resumed run logs them again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [r for r in read_jsonl(self.path) if int(r.get("step", 0)) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._handle is None:
+            self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle.write(json.dumps(_jsonable(record)) + "\n")
+        self._handle.flush()
+        if self._tb is not None:
+            step = int(record["step"])
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class Progress:
+    """Progress over optimizer steps with loss, sequences/s and ETA: a tqdm bar on a
+    terminal, a plain line at most every `interval` seconds otherwise (log files)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool = True,
+                 interval: float = 30.0) -> None:
+        self.total, self.done, self.initial, self.enabled = total, initial, initial, enabled
+        self.interval = interval
+        self._start = self._last_line = time.perf_counter()
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                             file=sys.stderr, mininterval=1.0)
+
+    def update(self, steps: int, loss: float, sequences_per_second: float) -> None:
+        self.done += steps
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{sequences_per_second:.1f}",
+                                  refresh=False)
+            self._bar.update(steps)
+            return
+        now = time.perf_counter()
+        if self.enabled and (now - self._last_line >= self.interval or self.done == self.total):
+            self._last_line = now
+            eta = (now - self._start) / max(self.done - self.initial, 1) * (self.total - self.done)
+            print(f"step {self.done}/{self.total} loss {loss:.4f} "
+                  f"{sequences_per_second:.1f} seq/s ETA {_duration(eta)}", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Throughput:
+    """Sequences per second since the last `rate()` call (excludes time spent in
+    evaluation and checkpointing, which call `pause()`)."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+        self._sequences = 0
+        self._paused = 0.0
+        self.total_sequences = 0
+        self.total_time = 0.0
+
+    def add(self, sequences: int) -> None:
+        self._sequences += sequences
+        self.total_sequences += sequences
+
+    def pause(self, seconds: float) -> None:
+        self._paused += seconds
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        elapsed = max(now - self._start - self._paused, 1e-9)
+        rate = self._sequences / elapsed
+        self.total_time += elapsed
+        self._start, self._sequences, self._paused = now, 0, 0.0
+        return rate
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The end-of-run summary as aligned `key: value` lines."""
+    lines = ["run summary"]
+    for key, value in summary.items():
+        if isinstance(value, Mapping):
+            inner = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+            lines.append(f"  {key:<24} {inner}")
+        else:
+            lines.append(f"  {key:<24} {_fmt(value)}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """`1h02m03s` style."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return (f"{hours}h" if hours else "") + f"{rest // 60:02d}m{rest % 60:02d}s"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

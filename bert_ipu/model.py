@@ -1,0 +1,380 @@
+"""BERT for pre-training (MLM + NSP) on the Hugging Face `BertForPreTraining` module tree.
+
+A dense model's state dict has exactly the keys and shapes of
+`transformers.BertForPreTraining`, so checkpoints map 1:1. The six fully connected
+weights of every encoder layer (query, key, value, attention output, FFN up, FFN down)
+are built by ONE factory, `make_linear`, that returns `nn.Linear` (dense) or
+`sparse_ops.linear.SparseLinear` (static / dynamic sparsity); everything else is dense.
+
+Shapes: B batch, S sequence, H hidden, P masked positions per sequence, V vocabulary,
+nh heads, hd = H / nh. The MLM head runs only on the P gathered masked positions: the
+vocabulary projection [.., H] -> [.., V] never sees all S tokens.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bert_ipu.config import ModelConfig, SparsityConfig
+
+LinearFactory = Callable[[int, int, str], nn.Module]  # (in_features, out_features, name)
+
+# The sparse-able linears of encoder layer i, relative to `bert.encoder.layer.{i}`.
+ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value",
+                   "attention.output.dense", "intermediate.dense", "output.dense")
+
+
+def encoder_linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """Full module name -> (out_features, in_features) of every sparse-able linear."""
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    shape = {"intermediate.dense": (I, H), "output.dense": (H, I)}
+    return {f"bert.encoder.layer.{i}.{name}": shape.get(name, (H, H))
+            for i in range(cfg.num_hidden_layers) for name in ENCODER_LINEARS}
+
+
+def linear_densities(cfg: ModelConfig, sparsity: SparsityConfig) -> dict[str, float]:
+    """Full module name -> density of every encoder linear (1.0 for method dense);
+    uniform or Erdos-Renyi (`sparse_ops.dynsp.distribution.layer_densities`)."""
+    shapes = encoder_linear_shapes(cfg)
+    if sparsity.method == "dense":
+        return dict.fromkeys(shapes, 1.0)
+    from sparse_ops.dynsp.distribution import layer_densities
+
+    values = layer_densities(list(shapes.values()), sparsity.sparsity, sparsity.distribution,
+                             sparsity.block_size)
+    return dict(zip(shapes, values))
+
+
+def _name_seed(seed: int, name: str) -> int:
+    """A per-layer seed that depends on the module name, not on construction order."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
+
+
+def make_linear(in_f: int, out_f: int, name: str, sparsity_cfg: SparsityConfig,
+                density: float) -> nn.Module:
+    """The encoder-linear factory: `nn.Linear(in_f, out_f)` for method dense, else a
+    `SparseLinear` with `density` active blocks, a random initial pattern seeded from
+    (sparsity.seed, name), the configured block size, backend and inactive mode."""
+    if sparsity_cfg.method == "dense":
+        return nn.Linear(in_f, out_f)
+    from sparse_ops.linear import SparseLinear
+
+    seed = _name_seed(sparsity_cfg.seed or 0, name)
+    return SparseLinear(in_f, out_f, bias=True, density=density,
+                        block_size=sparsity_cfg.block_size, backend=sparsity_cfg.backend,
+                        seed=seed, inactive=sparsity_cfg.inactive, inactive_seed=seed + 1)
+
+
+def _dense_factory(in_f: int, out_f: int, name: str) -> nn.Module:
+    return nn.Linear(in_f, out_f)
+
+
+# ---------------------------------------------------------------- modules (HF names)
+class BertEmbeddings(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        H = cfg.hidden_size
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, H, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, H)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, H)
+        self.LayerNorm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        S = input_ids.shape[1]
+        positions = torch.arange(S, device=input_ids.device)                    # (S,)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(positions)                              # (B, S, H)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, prefix: str, linear: LinearFactory) -> None:
+        super().__init__()
+        H = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.query = linear(H, H, f"{prefix}.query")
+        self.key = linear(H, H, f"{prefix}.key")
+        self.value = linear(H, H, f"{prefix}.value")
+        self.dropout_p = cfg.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        B, S, H = x.shape
+        nh = self.num_heads
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(B, S, nh, H // nh).transpose(1, 2)                    # (B, nh, S, hd)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        p = self.dropout_p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return y.transpose(1, 2).reshape(B, S, H)                                # (B, S, H)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, cfg: ModelConfig, prefix: str, linear: LinearFactory) -> None:
+        super().__init__()
+        self.dense = linear(cfg.hidden_size, cfg.hidden_size, f"{prefix}.dense")
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, h: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, prefix: str, linear: LinearFactory) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(cfg, f"{prefix}.self", linear)
+        self.output = BertSelfOutput(cfg, f"{prefix}.output", linear)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return self.output(self.self(x, mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, cfg: ModelConfig, prefix: str, linear: LinearFactory) -> None:
+        super().__init__()
+        self.dense = linear(cfg.hidden_size, cfg.intermediate_size, f"{prefix}.dense")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.dense(x))                                             # (B, S, 4H)
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, cfg: ModelConfig, prefix: str, linear: LinearFactory) -> None:
+        nn.Module.__init__(self)
+        self.dense = linear(cfg.intermediate_size, cfg.hidden_size, f"{prefix}.dense")
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, prefix: str, linear: LinearFactory) -> None:
+        super().__init__()
+        self.attention = BertAttention(cfg, f"{prefix}.attention", linear)
+        self.intermediate = BertIntermediate(cfg, f"{prefix}.intermediate", linear)
+        self.output = BertOutput(cfg, f"{prefix}.output", linear)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, prefix: str, linear: LinearFactory) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(cfg, f"{prefix}.layer.{i}", linear)
+                                   for i in range(cfg.num_hidden_layers))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.dense(x[:, 0]))                                   # (B, H)
+
+
+class BertModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, linear: LinearFactory) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = BertEncoder(cfg, "bert.encoder", linear)
+        self.pooler = BertPooler(cfg)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor,
+                attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        # Boolean SDPA mask, True = attend: padded keys are ignored.     (B, 1, 1, S)
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        x = self.encoder(self.embeddings(input_ids, token_type_ids), mask)     # (B, S, H)
+        return x, self.pooler(x)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.LayerNorm(F.gelu(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Transform + decoder; the decoder weight IS the word-embedding matrix and its
+    bias IS `self.bias` (both keys appear in the state dict, as in HF)."""
+
+    def __init__(self, cfg: ModelConfig, word_embeddings: nn.Parameter) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(cfg)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device="meta")
+        self.decoder.weight = word_embeddings                                    # (V, H)
+        self.decoder.bias = self.bias                                            # (V,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.transform(x))                                   # (.., V)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, cfg: ModelConfig, word_embeddings: nn.Parameter) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(cfg, word_embeddings)
+        self.seq_relationship = nn.Linear(cfg.hidden_size, 2)
+
+    def forward(self, sequence_output: Tensor, pooled_output: Tensor,
+                masked_lm_positions: Tensor) -> tuple[Tensor, Tensor]:
+        H = sequence_output.shape[-1]
+        index = masked_lm_positions.long().unsqueeze(-1).expand(-1, -1, H)      # (B, P, H)
+        gathered = torch.gather(sequence_output, 1, index)                       # (B, P, H)
+        return self.predictions(gathered), self.seq_relationship(pooled_output)
+
+
+@dataclass
+class PreTrainingOutput:
+    """Logits, losses (when labels are given) and accuracy counts (detached)."""
+
+    mlm_logits: Tensor                # (B, P, V) at the masked positions only
+    nsp_logits: Tensor                # (B, 2); label 0 = IsNext, 1 = random
+    loss: Tensor | None = None        # mlm_loss + nsp_loss (those that were computed)
+    mlm_loss: Tensor | None = None    # weighted mean cross-entropy over real predictions
+    nsp_loss: Tensor | None = None    # mean cross-entropy over the batch
+    mlm_correct: Tensor | None = None  # () weighted count of correct predictions
+    mlm_count: Tensor | None = None   # () sum of masked_lm_weights
+    nsp_correct: Tensor | None = None  # () correct NSP predictions
+    nsp_count: Tensor | None = None   # () sequences
+
+
+def mlm_loss_and_counts(mlm_logits: Tensor, masked_lm_ids: Tensor,
+                        masked_lm_weights: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, correct, count): sum_i w_i CE_i / sum_i w_i over the B*P predictions.
+
+    Weights default to 1 where the id is not -100; ids of -100 never contribute."""
+    logits = mlm_logits.float().flatten(0, 1)                                   # (B*P, V)
+    ids = masked_lm_ids.long().flatten()                                         # (B*P,)
+    real = ids != -100
+    w = real.float() if masked_lm_weights is None else masked_lm_weights.float().flatten() * real
+    ce = F.cross_entropy(logits, ids, reduction="none", ignore_index=-100)       # (B*P,)
+    count = w.sum()
+    loss = (ce * w).sum() / count.clamp_min(1e-5)
+    correct = ((logits.detach().argmax(-1) == ids).float() * w).sum()
+    return loss, correct, count.detach()
+
+
+class BertForPreTraining(nn.Module):
+    """`bert` (embeddings, encoder, pooler) + `cls` (MLM and NSP heads), HF names."""
+
+    def __init__(self, cfg: ModelConfig, linear: LinearFactory = _dense_factory) -> None:
+        super().__init__()
+        self.config = cfg
+        self.bert = BertModel(cfg, linear)
+        self.cls = BertPreTrainingHeads(cfg, self.bert.embeddings.word_embeddings.weight)
+
+    def forward(self, input_ids: Tensor, masked_lm_positions: Tensor,
+                token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                masked_lm_ids: Tensor | None = None, masked_lm_weights: Tensor | None = None,
+                next_sentence_label: Tensor | None = None) -> PreTrainingOutput:
+        """input_ids, token_type_ids, attention_mask (1 = real token): (B, S);
+        masked_lm_positions, masked_lm_ids, masked_lm_weights: (B, P);
+        next_sentence_label: (B,). Losses are computed for the labels given."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        seq, pooled = self.bert(input_ids, token_type_ids, attention_mask)      # (B,S,H) (B,H)
+        mlm_logits, nsp_logits = self.cls(seq, pooled, masked_lm_positions)     # (B,P,V) (B,2)
+        out = PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits)
+        losses = []
+        if masked_lm_ids is not None:
+            out.mlm_loss, out.mlm_correct, out.mlm_count = mlm_loss_and_counts(
+                mlm_logits, masked_lm_ids, masked_lm_weights)
+            losses.append(out.mlm_loss)
+        if next_sentence_label is not None:
+            labels = next_sentence_label.long().flatten()                       # (B,)
+            out.nsp_loss = F.cross_entropy(nsp_logits.float(), labels)
+            out.nsp_correct = (nsp_logits.detach().argmax(-1) == labels).sum()
+            out.nsp_count = torch.tensor(labels.numel(), device=labels.device)
+            losses.append(out.nsp_loss)
+        if losses:
+            out.loss = sum(losses[1:], losses[0])
+        return out
+
+
+# ---------------------------------------------------------------- building and helpers
+@torch.no_grad()
+def init_weights(model: nn.Module, std: float, generator: torch.Generator) -> None:
+    """HF `_init_weights` semantics with truncation at 2 std: weights and embeddings
+    ~ truncated normal(0, std), biases 0, LayerNorm weight 1, the [PAD] embedding row
+    0, SparseLinear values ~ truncated normal. Tied parameters are initialised once, in
+    module order, so the result depends only on the generator."""
+    seen: set[int] = set()
+    for module in model.modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if isinstance(module, nn.LayerNorm):
+                param.fill_(1.0 if pname == "weight" else 0.0)
+            elif pname == "bias" or param.ndim == 1:
+                param.zero_()
+            else:
+                fresh = torch.empty(param.shape, dtype=torch.float32)
+                nn.init.trunc_normal_(fresh, 0.0, std, -2 * std, 2 * std, generator=generator)
+                param.copy_(fresh)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+
+
+def build_model(model_cfg: ModelConfig, sparsity_cfg: SparsityConfig,
+                seed: int) -> BertForPreTraining:
+    """The configured model on CPU, initialised from `seed` (the global RNG is left as
+    it was); sparse patterns come from (sparsity.seed, module name)."""
+    if model_cfg.vocab_size is None:  # resolved by Config from data.vocab_size
+        raise ValueError("build_model: argument 'model_cfg' must have vocab_size set (build "
+                         "it through bert_ipu.config.Config, or pass vocab_size), got None")
+    densities = linear_densities(model_cfg, sparsity_cfg)
+
+    def linear(in_f: int, out_f: int, name: str) -> nn.Module:
+        return make_linear(in_f, out_f, name, sparsity_cfg, densities[name])
+
+    with torch.random.fork_rng(devices=[]):
+        model = BertForPreTraining(model_cfg, linear)
+    init_weights(model, model_cfg.initializer_range, torch.Generator().manual_seed(seed))
+    return model
+
+
+def sparse_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Full name -> SparseLinear of every sparse linear in `model` (empty when dense)."""
+    try:
+        from sparse_ops.linear import SparseLinear
+    except ImportError:
+        return {}
+    return {name: m for name, m in model.named_modules() if isinstance(m, SparseLinear)}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices, embeddings and SparseLinear `values`
+    (they are weights, like the dense ones); none on biases and LayerNorm parameters.
+    Tied parameters appear once; frozen (requires_grad=False) ones are left out."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            plain = isinstance(module, nn.LayerNorm) or pname == "bias" or param.ndim == 1
+            (no_decay if plain else decay).append(param)
+    return [{"params": decay, "weight_decay": float(weight_decay)},
+            {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,91 @@
+"""Command line: `python -m bert_ipu.pretrain --config configs/NAME.yaml [key=value ...]`.
+
+Exit codes:
+    0    finished
+    1    unexpected internal error (with a traceback: please report it)
+    2    bad input: config, data, checkpoint, device, output folder (one line, no traceback)
+    3    training diverged: non-finite loss past training.max_nonfinite_steps, or
+         non-finite weights that were refused for a checkpoint
+    130  stopped by SIGINT (Ctrl-C), 143 by SIGTERM: a checkpoint was saved and the
+         command to resume was printed
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from typing import Sequence
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bert_ipu.pretrain",
+        description="BERT phase-I pre-training (MLM + NSP), dense, static-sparse or DynSp.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="overrides use dotted keys, e.g. training.learning_rate=1e-3 "
+               "checkpoint.resume_training_from_checkpoint=latest\n\nexit codes:"
+               + __doc__.split("Exit codes:", 1)[1])
+    parser.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides (dotted keys, YAML values)")
+    return parser.parse_args(argv)
+
+
+def resume_command(config: str | None, overrides: list[str]) -> str:
+    """This command again, with `resume_training_from_checkpoint=latest` appended."""
+    kept = [o for o in overrides
+            if not o.startswith("checkpoint.resume_training_from_checkpoint=")]
+    argv = ["python", "-m", "bert_ipu.pretrain"] + (["--config", config] if config else [])
+    return shlex.join(argv + kept + ["checkpoint.resume_training_from_checkpoint=latest"])
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bert_ipu.checkpoint import CheckpointError, NonFiniteWeightsError
+    from bert_ipu.config import ConfigError
+    from bert_ipu.data import DataError
+    from bert_ipu.devices import DeviceError
+
+    # OSError: the file system refused something (full disk, permissions) outside a
+    # checkpoint write; the message names the path.
+    return (ConfigError, DataError, DeviceError, CheckpointError, OSError), (NonFiniteWeightsError,)
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+    from bert_ipu.config import load_config
+    from bert_ipu.signals import TrainingInterrupted
+    from bert_ipu.trainer import NonFiniteLossError, train
+
+    user, diverged = _user_errors()
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+        train(cfg, resume_command=resume_command(args.config, list(args.overrides)),
+              log=lambda s: print(s, file=sys.stderr))
+    except TrainingInterrupted as stop:
+        print(str(stop), file=sys.stderr)
+        return stop.exit_code
+    except (NonFiniteLossError,) + diverged as exc:
+        _error(str(exc))
+        return EXIT_DIVERGED
+    except user as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted before a checkpoint could be saved (during set-up, or by a "
+               "second Ctrl-C)")
+        return 130
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

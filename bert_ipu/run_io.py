@@ -1,0 +1,210 @@
+"""The trainer's interface to the file system and to checkpoints.
+
+Output folder (`output_dir`):
+
+    config.yaml      resolved config (defaults < YAML < CLI)
+    metrics.jsonl    one JSON object per logged step (and one at step 0 with the
+                     initial evaluation)
+    eval.json        the final held-out evaluation
+    summary.json     final eval, throughput, total FLOPs, DOF, pattern-update time
+    checkpoints/     step_XXXXXXXX[_mYYYY]/ (see checkpoint.py)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from bert_ipu import checkpoint as ck
+from bert_ipu import distributed as D
+from bert_ipu.components import Components
+from bert_ipu.config import Config, config_to_dict, save_config
+from bert_ipu.config_io import dump_yaml
+from bert_ipu.metrics import Throughput, format_summary, write_json
+from bert_ipu.run_state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a run writes, and the command that resumes it."""
+
+    output_dir: Path
+    checkpoint_dir: Path
+    resume_command: str
+
+
+def prepare_outputs(cfg: Config, resume_command: str | None = None) -> RunOutputs:
+    """Check that the output and checkpoint folders are writable (before any work is
+    done) and write the resolved config.yaml (rank 0 only)."""
+    out = Path(cfg.output_dir)
+    ckpt = Path(cfg.checkpoint.checkpoint_output_dir)
+    if int(os.environ.get("RANK", 0)) == 0:
+        ck.check_writable(out, "output_dir")
+        ck.check_writable(ckpt, "checkpoint.checkpoint_output_dir")
+        save_config(cfg, out / "config.yaml")
+    if resume_command is None:  # the saved config.yaml is self-contained
+        resume_command = shlex.join([
+            "python", "-m", "bert_ipu.pretrain", "--config", str(out / "config.yaml"),
+            "checkpoint.resume_training_from_checkpoint=latest"])
+    return RunOutputs(out, ckpt, resume_command)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Data batch -> keyword arguments of BertForPreTraining.forward (the data and the
+    model share names: input_ids, ..., masked_lm_weights, next_sentence_label)."""
+    return dict(batch)
+
+
+def batch_stream(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches, epoch after epoch. Each batch is fetched with torch's global RNG
+    forked, so a DataLoader seeding its workers cannot shift the dropout stream (which
+    would break bit-identical resume)."""
+    while True:
+        iterator = iter(loader)
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                batch = next(iterator, None)
+            if batch is None:
+                break
+            yield batch
+
+
+# ------------------------------------------------------------------ checkpoints
+def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
+    """Everything needed to continue bit for bit (see checkpoint.py for the layout)."""
+    mid = state.micro_step > 0
+    if c.ipu is not None:
+        c.ipu.sync_to_host()  # the device holds the trained weights
+    trainer = {
+        "state": state.state_dict(),
+        "schedule": c.schedule.state_dict(),
+        "scaler": c.scaler.state_dict(),
+        "data": c.train_loader.state_dict(),
+        "rng": D.gather_objects(capture_rng(), c.dist),  # one entry per rank
+        "device_rng": D.gather_objects(c.device.rng_state(), c.dist),
+        "grads": capture_grads(c.params) if mid else None,
+        "world_size": c.dist.world_size,
+    }
+    controller = {
+        "controller": None if c.controller is None else c.controller.state_dict(),
+        "frozen": None if c.frozen is None else c.frozen.state_dict(),
+    }
+    return {
+        "model.pt": c.core.state_dict(),
+        "optimizer.pt": c.optimizer.state_dict(),
+        "controller.pt": controller,
+        "trainer.pt": trainer,
+        "config.yaml": dump_yaml(config_to_dict(c.cfg)),
+    }
+
+
+def save_checkpoint(c: Components, out: RunOutputs, position: ck.CheckpointId,
+                    files: dict[str, Any]) -> Path:
+    """Write one checkpoint atomically and prune to checkpoint.keep_last."""
+    return ck.save_checkpoint(out.checkpoint_dir, position, files, c.cfg.checkpoint.keep_last)
+
+
+def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
+                 say: Callable[[str], None]) -> ck.CheckpointId | None:
+    """Apply checkpoint.resume_training_from_checkpoint; returns the position resumed."""
+    spec = c.cfg.checkpoint.resume_training_from_checkpoint
+    path = ck.resolve_resume(spec, out.checkpoint_dir)
+    if path is None:
+        if spec == "latest":
+            say(f"resume: no checkpoint in {out.checkpoint_dir} yet; starting from scratch")
+        elif c.dist.is_main:
+            archive_earlier_run(out)
+        return None
+    loaded = ck.load_checkpoint(path, map_location=c.device.torch_device)
+    try:
+        restore(c, state, loaded)
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise ck.CheckpointError(
+            f"checkpoint {str(path)!r} does not fit this run: {exc}") from None
+    if c.dist.is_main:
+        micro = f", micro-batch {state.micro_step}" if state.micro_step else ""
+        say(f"resume: continuing from {path} (step {state.step}{micro})")
+    return ck.CheckpointId(state.step, state.micro_step)
+
+
+def archive_earlier_run(out: RunOutputs) -> Path | None:
+    """A fresh start in a folder that holds an earlier run's checkpoints moves them
+    (and its metrics.jsonl) to `checkpoints/previous-<time>/`, so `latest` can never
+    mix the two runs and nothing saved is lost."""
+    found = ck.list_checkpoints(out.checkpoint_dir)
+    if not found:
+        return None
+    archive = out.checkpoint_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+    archive.mkdir()
+    for _, path in found:
+        path.rename(archive / path.name)
+    metrics = out.output_dir / "metrics.jsonl"
+    if metrics.exists():
+        metrics.rename(archive / metrics.name)
+    log.warning("%s held checkpoints of an earlier run; this run starts from scratch and "
+                "moved them to %s (to continue that run instead, use checkpoint."
+                "resume_training_from_checkpoint=latest)", out.checkpoint_dir, archive)
+    return archive
+
+
+def restore(c: Components, state: TrainState, loaded: dict[str, Any]) -> None:
+    """Load every piece of a checkpoint into the built components."""
+    trainer = loaded["trainer.pt"]
+    if trainer["world_size"] != c.dist.world_size:
+        raise ValueError(f"it was written by {trainer['world_size']} rank(s), this run has "
+                         f"{c.dist.world_size} (the data order depends on it)")
+    c.core.load_state_dict(loaded["model.pt"])
+    c.optimizer.load_state_dict(loaded["optimizer.pt"])
+    ctrl = loaded["controller.pt"]
+    if c.controller is not None:
+        c.controller.load_state_dict(ctrl["controller"])
+    if c.frozen is not None and ctrl["frozen"] is not None:
+        c.frozen.load_state_dict(ctrl["frozen"])
+    state.load_state_dict(trainer["state"])
+    c.scaler.load_state_dict(trainer["scaler"])
+    changed = c.schedule.check_state_dict(trainer["schedule"])
+    if changed:
+        log.warning("the learning-rate schedule differs from the checkpoint's in %s; "
+                    "continuing with this run's", ", ".join(changed))
+    c.train_loader.load_state_dict(trainer["data"])
+    restore_rng(trainer["rng"][c.dist.rank])
+    c.device.set_rng_state(trainer["device_rng"][c.dist.rank])
+    if trainer["grads"] is not None:
+        restore_grads(c.params, trainer["grads"])
+
+
+# ------------------------------------------------------------------ the end
+def summary(c: Components, state: TrainState, timer: Throughput,
+            final_eval: dict[str, float]) -> dict[str, Any]:
+    """The end-of-run numbers (also printed)."""
+    out: dict[str, Any] = {
+        "steps": state.step,
+        "sequences": state.sequences,
+        "sequences_per_second": timer.total_sequences / max(timer.total_time, 1e-9),
+        "total_flops": state.flops,
+        "flops_per_sequence": c.flops.per_sequence,
+        "skipped_steps": c.scaler.skipped_steps,
+        "precision": c.precision,
+        "device": c.device.kind,
+        "initial_eval": state.first_eval,
+        "final_eval": final_eval,
+    }
+    if c.controller is not None:
+        out["dof_mean"] = c.controller.pattern_metrics()["dof_mean"]
+        out["pattern_updates"] = state.pattern_updates
+        out["pattern_update_time_s"] = state.update_time_s
+    return out
+
+
+def write_final(out: RunOutputs, final_eval: dict[str, float], summary: dict[str, Any]) -> None:
+    write_json(out.output_dir / "eval.json", final_eval)
+    write_json(out.output_dir / "summary.json", summary)
+    print(format_summary(summary))

@@ -1,0 +1,329 @@
+"""The training loop, readable top to bottom.
+
+    train(cfg)                       build components, maybe resume, loop, finish
+      train_step(run)                one optimizer step t:
+        forward_backward(run, ...)     per micro-batch, under autocast, loss scaled
+        optimizer_update(run, t)       unscale, finite check, clip, optimizer.step()
+          controller.step(t)           <- DynSp pattern update, RIGHT AFTER optimizer.step()
+      after_step(run, ...)           metrics.jsonl, evaluation, periodic checkpoints
+    finish(run)                      final evaluation, checkpoint, eval.json, summary.json
+
+Resume is exact on CPU: a checkpoint holds every counter, every RNG state and the
+data position, and (when a signal stopped the run between micro-batches) the
+accumulated gradients; see `run_state.py` for the granularity.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from bert_ipu import checkpoint as ck
+from bert_ipu import distributed as D
+from bert_ipu import run_io
+from bert_ipu.components import Components, build_components
+from bert_ipu.config import Config
+from bert_ipu.evaluate import eval_batches, evaluate, to_device
+from bert_ipu.metrics import MetricsWriter, Progress, Throughput
+from bert_ipu.optim import clip_gradients, set_lr
+from bert_ipu.precision import autocast, grads_are_finite
+from bert_ipu.run_state import TrainState
+from bert_ipu.signals import StopRequest, TrainingInterrupted
+
+LOSS_KEYS = ("loss", "mlm_loss", "nsp_loss")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradients) stayed NaN/Inf for more than training.max_nonfinite_steps."""
+
+
+@dataclass
+class TrainerHooks:
+    """Test and tooling hooks; all optional, none used by a normal run."""
+
+    loss_multiplier: Callable[[int], float] | None = None
+    """Step -> factor applied to the loss (overflow / non-finite injection)."""
+    stop_at: tuple[int, int] | None = None
+    """(step, micro_step): request a stop once this position is reached (like SIGTERM)."""
+
+
+@dataclass
+class Run:
+    """A run in progress: its components, counters and outputs."""
+
+    c: Components
+    state: TrainState
+    out: run_io.RunOutputs
+    stop: StopRequest
+    hooks: TrainerHooks
+    batches: Iterator[dict[str, torch.Tensor]]
+    metrics: MetricsWriter
+    progress: Progress
+    timer: Throughput = field(default_factory=Throughput)
+    last_saved: ck.CheckpointId | None = None
+    last_eval: tuple[int, dict[str, float]] | None = None
+    last_rate: float = math.nan
+
+
+# ------------------------------------------------------------------ entry point
+def train(cfg: Config, hooks: TrainerHooks | None = None, log: Callable[[str], None] = print,
+          resume_command: str | None = None) -> dict[str, Any]:
+    """Train per `cfg`; returns the summary. Raises TrainingInterrupted after a
+    signal (checkpoint saved), NonFiniteLossError, and the config/data/checkpoint errors."""
+    out = run_io.prepare_outputs(cfg, resume_command)
+    c = build_components(cfg, log)
+    with StopRequest() as stop:
+        run = start_run(c, out, stop, hooks or TrainerHooks(), log)
+        try:
+            initial_eval(run)
+            while run.state.step < c.total_steps:
+                stepped = train_step(run)
+                if stepped:
+                    after_step(run, stepped)
+                if D.any_rank(run.stop.requested, c.dist, c.device.torch_device):
+                    interrupt(run)
+            return finish(run)
+        finally:
+            run.progress.close()
+            run.metrics.close()
+            if c.controller is not None:
+                c.controller.close()
+
+
+def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: TrainerHooks,
+              log: Callable[[str], None]) -> Run:
+    """Restore a checkpoint when asked, then open metrics and the progress bar."""
+    state = TrainState()
+    resumed = run_io.maybe_resume(c, state, out, log)
+    main = c.dist.is_main
+    metrics = MetricsWriter(out.output_dir, main, c.cfg.logging.tensorboard)
+    # Records past the resumed step come from the interrupted run and are logged again;
+    # a fresh start keeps none of an earlier run's records.
+    metrics.truncate_after(state.step if resumed is not None else -1)
+    progress = Progress(c.total_steps, state.step, main and c.cfg.logging.progress_bar)
+    run = Run(c, state, out, stop, hooks, run_io.batch_stream(c.train_loader), metrics,
+              progress, last_saved=resumed)
+    return run
+
+
+# ------------------------------------------------------------------ one step
+def train_step(run: Run) -> dict[str, Any] | None:
+    """Accumulate the micro-batches of step t and apply the update; None when a stop
+    was requested mid-accumulation (the caller checkpoints that position)."""
+    c, state = run.c, run.state
+    t = state.step
+    if c.ipu is not None:
+        return ipu_step(run, t)
+    if c.controller is not None:
+        c.controller.before_step(t)  # arms X/dY capture when a RigL update follows t
+    accumulation = c.cfg.training.gradient_accumulation
+    while state.micro_step < accumulation:
+        last = state.micro_step == accumulation - 1
+        forward_backward(run, next(run.batches), t, last)
+        state.micro_step += 1
+        run.timer.add(c.cfg.training.micro_batch_size * c.dist.world_size)
+        if not last and _stop_now(run, t):
+            return None
+    return optimizer_update(run, t)
+
+
+def ipu_step(run: Run, t: int) -> dict[str, Any]:
+    """IPU: one PopTorch call runs accumulation, replication, clipping and AdamW on the
+    device; the controller then edits the host model, which is copied back."""
+    c = run.c
+    batches = [next(run.batches) for _ in range(c.ipu.micro_batches)]
+    lr = c.schedule(t)
+    run.state.step_sums = c.ipu.step(batches, lr)
+    run.timer.add(c.sequences_per_step)
+    update = c.ipu.pattern_update(c.controller, t) if c.controller is not None else None
+    return _count_step(run, t, lr, math.nan, True, update)
+
+
+def forward_backward(run: Run, batch: dict[str, torch.Tensor], t: int, last: bool) -> None:
+    """One micro-batch: forward under autocast, scaled loss / accumulation, backward."""
+    c, state = run.c, run.state
+    accumulation = c.cfg.training.gradient_accumulation
+    sync = nullcontext() if last or not c.dist.enabled else c.model.no_sync()
+    with sync:
+        with autocast(c.precision, c.device.torch_device):
+            out = c.model(**run_io.model_inputs(to_device(batch, c.device.torch_device)))
+        loss = out.loss
+        if run.hooks.loss_multiplier is not None:
+            loss = loss * run.hooks.loss_multiplier(t)
+        c.scaler.scale_loss(loss / accumulation).backward()
+    for key, value in (("loss", loss), ("mlm_loss", out.mlm_loss), ("nsp_loss", out.nsp_loss)):
+        state.step_sums[key] = state.step_sums.get(key, 0.0) + float(value.detach()) / accumulation
+
+
+def _stop_now(run: Run, t: int) -> bool:
+    """Stop between micro-batches? Only when that position can be resumed exactly:
+    single process (gradients are rank-local until the last micro-batch) and no RigL
+    capture in flight (its X/dY pairs are not checkpointed)."""
+    _poll_stop_hook(run)
+    if not run.stop.requested or run.c.dist.enabled:
+        return False
+    ctrl = run.c.controller
+    return not (ctrl is not None and ctrl.method.needs_gradient and ctrl.is_update_step(t))
+
+
+def optimizer_update(run: Run, t: int) -> dict[str, Any]:
+    """Unscale, check, clip, step; then the controller, then the counters."""
+    c, state = run.c, run.state
+    c.scaler.unscale_(c.params)
+    loss = state.step_sums.get("loss", math.nan)
+    finite = math.isfinite(loss) and grads_are_finite(c.params)
+    finite = not D.any_rank(not finite, c.dist, c.device.torch_device)
+    if c.frozen is not None:
+        c.frozen.apply(t)
+    grad_norm = clip_gradients(c.params, c.cfg.training.max_grad_norm) if finite else math.nan
+    lr = c.schedule(t)
+    set_lr(c.optimizer, lr)
+    applied = c.scaler.update(found_nonfinite=not finite)
+    if applied:
+        c.optimizer.step()
+        if c.frozen is not None:
+            c.frozen.after_optimizer_step()
+    update = c.controller.step(t) if c.controller is not None else None  # DynSp, right here
+    if update is not None:
+        D.verify_same_patterns(c.core, c.dist, c.device.torch_device)
+    c.optimizer.zero_grad(set_to_none=True)
+    return _count_step(run, t, lr, grad_norm, applied, update)
+
+
+def _count_step(run: Run, t: int, lr: float, grad_norm: float, applied: bool,
+                update: dict[str, Any] | None) -> dict[str, Any]:
+    c, state = run.c, run.state
+    sums, state.step_sums = state.step_sums, {}
+    sums = {k: D.all_reduce_mean(v, c.dist, c.device.torch_device) for k, v in sums.items()}
+    state.step, state.micro_step = t + 1, 0
+    state.sequences += c.sequences_per_step
+    state.flops += c.flops.per_sequence * c.sequences_per_step
+    record: dict[str, Any] = {"step": state.step, **{k: sums.get(k, math.nan) for k in LOSS_KEYS},
+                              "lr": lr, "grad_norm": grad_norm}
+    if update is not None:
+        state.flops += c.flops.rigl_per_update_sequence * c.sequences_per_step
+        state.pattern_updates += 1
+        state.update_time_s += float(update["update_time_s"])
+        state.last_update = {k: float(update[k]) for k in ("dof_mean", "removed_new_fraction")}
+        record.update({k: v for k, v in update.items() if k != "step"})
+    _check_nonfinite(run, applied, record["loss"])
+    return record
+
+
+def _check_nonfinite(run: Run, applied: bool, loss: float) -> None:
+    """fp16 overflow with a finite loss is the scaler's business; a non-finite loss (or
+    non-finite gradients in fp32/bf16) counts toward training.max_nonfinite_steps."""
+    state, limit = run.state, run.c.cfg.training.max_nonfinite_steps
+    if applied:
+        state.nonfinite_streak = 0
+        return
+    if run.c.precision == "fp16" and math.isfinite(loss):
+        return
+    state.nonfinite_streak += 1
+    if state.nonfinite_streak > limit:
+        saved = f"; last checkpoint: {run.last_saved.name}" if run.last_saved else ""
+        raise NonFiniteLossError(
+            f"training stopped: the loss or gradients were NaN/Inf for {state.nonfinite_streak} "
+            f"consecutive steps (training.max_nonfinite_steps={limit}) at step {state.step}"
+            f"{saved}; try a lower training.learning_rate or another training.precision")
+
+
+# ------------------------------------------------------------------ after a step
+def after_step(run: Run, record: dict[str, Any]) -> None:
+    """Evaluate, checkpoint and log on their schedules (the time spent evaluating and
+    checkpointing is not counted in sequences/s)."""
+    c, state, lg = run.c, run.state, run.c.cfg.logging
+    paused = time.perf_counter()
+    at_end = state.step == c.total_steps
+    if at_end or (lg.eval_steps and state.step % lg.eval_steps == 0):
+        record.update({f"eval_{k}": v for k, v in run_eval(run).items()})
+    every = c.cfg.checkpoint.checkpoint_steps
+    if at_end or (every and state.step % every == 0):
+        save(run)
+    run.timer.pause(time.perf_counter() - paused)
+    if at_end or state.step % lg.log_steps == 0 or "update_index" in record or (
+            "eval_mlm_loss" in record):
+        log_record(run, record)
+    else:
+        run.progress.update(1, record["loss"], run.last_rate)
+    _poll_stop_hook(run)
+
+
+def _poll_stop_hook(run: Run) -> None:
+    """Test hook: request a stop once position `hooks.stop_at` is reached."""
+    if run.hooks.stop_at == (run.state.step, run.state.micro_step):
+        run.stop.request()
+
+
+def log_record(run: Run, record: dict[str, Any]) -> None:
+    """One metrics.jsonl object; the throughput counts since the previous record."""
+    c, state = run.c, run.state
+    rate = run.last_rate = run.timer.rate()
+    record.update(epoch=c.train_loader.epoch, sequences=state.sequences,
+                  sequences_per_second=rate, flops=state.flops,
+                  loss_scale=c.scaler.scale, skipped_steps=c.scaler.skipped_steps)
+    run.metrics.log(record)
+    run.progress.update(1, record["loss"], rate)
+
+
+def run_eval(run: Run) -> dict[str, float]:
+    """Held-out evaluation now; the first one ever is kept in the state (summary)."""
+    c = run.c
+    if c.eval_dataset is None:
+        return {}
+    if c.ipu is not None:
+        c.ipu.sync_to_host()  # evaluate the host copy of the trained weights
+    batches = eval_batches(c.eval_dataset, c.cfg.training.micro_batch_size)
+    result = evaluate(c.core, batches, c.precision, c.device.torch_device,
+                      c.cfg.logging.eval_batches)
+    run.state.first_eval = run.state.first_eval or dict(result)
+    run.last_eval = (run.state.step, result)
+    return result
+
+
+def initial_eval(run: Run) -> None:
+    """Evaluate the untrained model once (step 0), so the curve has its start."""
+    if run.state.step == 0 and run.state.micro_step == 0 and run.c.cfg.logging.eval_steps:
+        result = run_eval(run)
+        if result:
+            run.metrics.log({"step": 0, **{f"eval_{k}": v for k, v in result.items()}})
+
+
+def save(run: Run) -> Path | None:
+    """Checkpoint the current position (rank 0 writes; other ranks wait)."""
+    position = ck.CheckpointId(run.state.step, run.state.micro_step)
+    if position == run.last_saved:
+        return None
+    files = run_io.checkpoint_files(run.c, run.state)  # collective: every rank's RNG
+    path = None
+    if run.c.dist.is_main:
+        path = run_io.save_checkpoint(run.c, run.out, position, files)
+    run.last_saved = position
+    if run.c.dist.enabled:
+        torch.distributed.barrier()
+    return path
+
+
+def interrupt(run: Run) -> None:
+    """Save where we are, tell the user how to resume, and leave with 128 + signal."""
+    run.stop.request()  # other ranks may not have seen the signal themselves
+    save(run)
+    path = run.out.checkpoint_dir / run.last_saved.name
+    raise TrainingInterrupted(run.stop.signum, str(path), run.out.resume_command)
+
+
+# ------------------------------------------------------------------ the end
+def finish(run: Run) -> dict[str, Any]:
+    """Final evaluation, final checkpoint, eval.json and summary.json."""
+    final_eval = run.last_eval[1] if run.last_eval and run.last_eval[0] == run.state.step \
+        else run_eval(run)
+    save(run)
+    summary = run_io.summary(run.c, run.state, run.timer, final_eval)
+    if run.c.dist.is_main:
+        run_io.write_final(run.out, final_eval, summary)
+    return summary

@@ -1,0 +1,172 @@
+"""Corpus sources and text layouts (bert_ipu/data/text.py, corpus.py, stdlib_docs.py)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bert_ipu.data.corpus import BuiltinCorpus, _stdlib_extract, open_corpus
+from bert_ipu.data.spec import DataError, DataSpec
+from bert_ipu.data.text import detect_format, parse_documents, split_sentences
+
+
+def files_spec(*patterns: str, **kw) -> DataSpec:
+    return DataSpec(source="files", input_files=tuple(patterns), **kw)
+
+
+# ----------------------------------------------------------------------------- text
+def test_sentence_splitter_rules():
+    text = ('It rained. "Cass" Beard rose at 4 A. M., wet. Was it gold? Yes! Élan. '
+            'Mr. Smith met Dr. Who in the U.S. Army. (It was 3.14 p.m.) Done. '
+            'Lower case. after a period: no break. Digits. 42 neither.\nNew line')
+    assert split_sentences(text.split("\n")[0]) + split_sentences(text.split("\n")[1]) == [
+        "It rained.", '"Cass" Beard rose at 4 A. M., wet.', "Was it gold?", "Yes!", "Élan.",
+        "Mr. Smith met Dr. Who in the U.S. Army.", "(It was 3.14 p.m.) Done.",
+        "Lower case. after a period: no break.", "Digits. 42 neither.", "New line"]
+
+
+def test_layouts_and_detection():
+    blank = "A one.\nA two.\n\n \nB one. B two.\n"
+    wiki = " = Lobster = \n \n Lobsters are blue . They swim .\n = = Taxonomy = = \n" \
+           " It was named . \n = Crab = \n Crabs walk . Sideways .\n"
+    single = "Only one document. With two sentences."
+    assert detect_format(blank) == "blank_line" and detect_format(wiki) == "wikitext"
+    assert detect_format(single) == "file"
+    assert parse_documents(blank) == [["A one.", "A two."], ["B one.", "B two."]]
+    assert parse_documents(wiki) == [["Lobsters are blue .", "They swim .", "It was named ."],
+                                     ["Crabs walk .", "Sideways ."]]
+    assert parse_documents(blank, "file") == [["A one.", "A two.", "B one.", "B two."]]
+
+
+# ----------------------------------------------------------------------------- files
+def docs_of(spec: DataSpec, log=lambda m: None) -> list[list[str]]:
+    return list(open_corpus(spec, log).documents())
+
+
+def test_files_globs_folders_and_formats(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/one.txt").write_text("First doc. Two sentences.")
+    (tmp_path / "a/two.txt").write_text("Second doc.\nAnother line.")
+    (tmp_path / "blank.txt").write_text("X one.\nX two.\n\nY one.\nY two.\n")
+    (tmp_path / "wiki.txt").write_text(" = T1 = \n A b . C d .\n = T2 = \n E f .\n")
+    assert docs_of(files_spec(str(tmp_path / "a/*.txt"))) == [
+        ["First doc.", "Two sentences."], ["Second doc.", "Another line."]]
+    assert len(docs_of(files_spec(str(tmp_path / "a")))) == 2  # a folder: every file
+    assert len(docs_of(files_spec(str(tmp_path / "blank.txt")))) == 2
+    assert len(docs_of(files_spec(str(tmp_path / "blank.txt"), format="file"))) == 1
+    assert docs_of(files_spec(str(tmp_path / "wiki.txt"))) == [["A b .", "C d ."], ["E f ."]]
+    everything = docs_of(files_spec(str(tmp_path / "**/*.txt"), str(tmp_path / "a/one.txt")))
+    assert len(everything) == 2 + 2 + 2  # a/one.txt once, though named twice
+
+
+def test_missing_inputs_are_named(tmp_path):
+    with pytest.raises(DataError, match=r"input_files: '.*nothere\.txt': file does not exist"):
+        open_corpus(files_spec(str(tmp_path / "nothere.txt")))
+    with pytest.raises(DataError, match=r"'.*\*\.md': glob matches no file"):
+        open_corpus(files_spec(str(tmp_path / "*.md")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="folder holds no file"):
+        open_corpus(files_spec(str(tmp_path / "empty")))
+
+
+def test_binary_and_non_utf8_skipped_with_count(tmp_path):
+    (tmp_path / "good.txt").write_text("Good text. Two sentences.")
+    (tmp_path / "bin.txt").write_bytes(b"\x7fELF\x00\x01\x02")
+    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 au lait.".encode("latin-1"))
+    logs: list[str] = []
+    docs = docs_of(files_spec(str(tmp_path / "*.txt")), logs.append)
+    assert docs == [["Good text.", "Two sentences."]]
+    assert any("skipped 2 of 3 input file(s)" in m and "bin.txt (binary)" in m
+               and "latin1.txt (not UTF-8" in m for m in logs), logs
+
+
+def test_nothing_left_after_skipping_is_an_error(tmp_path):
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01")
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
+    with pytest.raises(DataError, match="all 2 file.*skipped, nothing left"):
+        docs_of(files_spec(str(tmp_path / "*")))
+
+
+def test_files_identity_follows_content(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("One. Two.")
+    spec = files_spec(str(f))
+    first = open_corpus(spec).identity()
+    assert open_corpus(spec).identity() == first
+    f.write_text("One. Two. Three.")
+    assert open_corpus(spec).identity() != first
+
+
+def test_shared_corpora_layouts(shared_data):
+    sample = docs_of(files_spec(str(shared_data / "sample_text.txt")))
+    assert len(sample) == 3 and all(len(d) >= 3 for d in sample)
+    wiki = docs_of(files_spec(str(shared_data / "wikitext-2/valid.txt")))
+    assert len(wiki) == 60 and wiki[0][0].startswith("Homarus gammarus")
+    sotu = docs_of(files_spec(str(shared_data / "sotu/179*.txt")))
+    assert len(sotu) == 10 and all(len(d) > 10 for d in sotu)  # one speech per document
+
+
+# ----------------------------------------------------------------------------- builtin
+def test_builtin_corpus_is_large_and_deterministic():
+    corpus = BuiltinCorpus()
+    docs = list(corpus.documents())
+    assert len(docs) > 300 and sum(len(d) for d in docs) > 10_000
+    text = " ".join(s for d in docs for s in d)
+    for phrase in ("regular expression", "The \"yield\" statement", "JSON"):
+        assert phrase in text, phrase
+    _stdlib_extract.cache_clear()  # a fresh extraction subprocess gives the same corpus
+    assert BuiltinCorpus().identity() == corpus.identity()
+
+
+# ----------------------------------------------------------------------------- hf
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    return tmp_path
+
+
+def test_hf_save_to_disk_dataset(hf_cache):
+    import datasets
+
+    rows = {"text": ["Doc one. It has two.", "Doc two.\nSecond line.", None],
+            "id": [1, 2, 3]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(hf_cache / "ds"))
+    logs: list[str] = []
+    spec = DataSpec(source="hf", hf_path=str(hf_cache / "ds"))
+    corpus = open_corpus(spec, logs.append)
+    assert list(corpus.documents()) == [["Doc one.", "It has two."],
+                                        ["Doc two.", "Second line."]]
+    assert corpus.identity()["fingerprint"] and any("skipped 1 row" in m for m in logs)
+    with pytest.raises(DataError, match="hf_text_column: expected one of.*got 'body'"):
+        open_corpus(DataSpec(source="hf", hf_path=str(hf_cache / "ds"), hf_text_column="body"))
+
+
+def test_hf_builder_with_local_data_files(hf_cache):
+    path = hf_cache / "rows.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n"
+                            for t in ["A first. A second.", "B first. B second."]))
+    spec = DataSpec(source="hf", hf_path="json", hf_data_files=(str(path),))
+    assert list(open_corpus(spec).documents()) == [["A first.", "A second."],
+                                                   ["B first.", "B second."]]
+    lines = hf_cache / "lines.txt"
+    lines.write_text("A one.\nA two.\n\nB one.\nB two.\n")
+    spec = DataSpec(source="hf", hf_path="text", hf_data_files=(str(lines),),
+                    format="blank_line")
+    assert list(open_corpus(spec).documents()) == [["A one.", "A two."], ["B one.", "B two."]]
+
+
+def test_hf_unloadable_dataset_is_named(hf_cache):
+    with pytest.raises(DataError, match="hf_path: could not load the dataset"):
+        open_corpus(DataSpec(source="hf", hf_path=str(hf_cache / "no_such_dataset")))
+
+
+def test_docstring_examples():
+    import doctest
+
+    from bert_ipu.data import masking, pretraining, spec, text
+
+    for module in (text, spec, masking, pretraining):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

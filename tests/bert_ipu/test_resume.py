@@ -1,0 +1,69 @@
+"""Resume equals continuous: bit-identical metrics and final weights on CPU.
+
+The tiny model runs with dropout 0.1 and gradient accumulation 2, with pattern
+updates right after 0-based steps 3, 6 and 9. A run is stopped (as by SIGTERM) at
+a position (steps done, micro-batches of the next step), checkpointed there, and a
+second run resumes from `latest`.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bert_ipu.signals import TrainingInterrupted
+from bert_ipu.trainer import TrainerHooks
+from tests.bert_ipu.tiny_run import (  # noqa: F401
+    final_state, load_metrics, one_thread, run_tiny, strip_timing, tiny_data,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SETTINGS = {"training.gradient_accumulation": 2, "training.micro_batch_size": 2,
+            "checkpoint.checkpoint_steps": 0, "logging.eval_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def continuous(tiny_data, tmp_path_factory):
+    corpus, cache = tiny_data
+    out = tmp_path_factory.mktemp("continuous")
+    torch.set_num_threads(1)
+    run_tiny(corpus, out, cache, **SETTINGS)
+    return strip_timing(load_metrics(out)), final_state(out)
+
+
+def _interrupted_then_resumed(tiny_data, out, stop_at):
+    corpus, cache = tiny_data
+    with pytest.raises(TrainingInterrupted) as info:
+        run_tiny(corpus, out, cache, hooks=TrainerHooks(stop_at=stop_at), **SETTINGS)
+    assert info.value.exit_code == 143 and "resume_training_from_checkpoint=latest" in str(
+        info.value)
+    torch.manual_seed(1234)  # the resumed run must not depend on the process RNG state
+    run_tiny(corpus, out, cache, **SETTINGS,
+             **{"checkpoint.resume_training_from_checkpoint": "latest"})
+
+
+def _assert_same(continuous, out):
+    metrics, state = continuous
+    assert strip_timing(load_metrics(out)) == metrics
+    resumed = final_state(out)
+    assert resumed.keys() == state.keys()
+    for key in state:
+        assert torch.equal(resumed[key], state[key]), key
+
+
+@pytest.mark.parametrize("stop_at", [(5, 1), (3, 0), (4, 0), (3, 1), (10, 0)],
+                         ids=["mid_accumulation", "before_update", "after_update",
+                              "mid_accumulation_of_update_step", "late"])
+def test_resume_equals_continuous(continuous, tiny_data, tmp_path, stop_at):
+    _interrupted_then_resumed(tiny_data, tmp_path, stop_at)
+    name = f"step_{stop_at[0]:08d}" + (f"_m{stop_at[1]:04d}" if stop_at[1] else "")
+    assert (tmp_path / "checkpoints" / name).is_dir()
+    _assert_same(continuous, tmp_path)
+
+
+def test_a_resume_of_a_finished_run_changes_nothing(continuous, tiny_data, tmp_path):
+    corpus, cache = tiny_data
+    run_tiny(corpus, tmp_path, cache, **SETTINGS)
+    before = load_metrics(tmp_path)
+    run_tiny(corpus, tmp_path, cache, **SETTINGS,
+             **{"checkpoint.resume_training_from_checkpoint": "latest"})
+    assert load_metrics(tmp_path) == before

@@ -1,0 +1,124 @@
+"""The `triton` backend through the registry, ops, SparseLinear, and the fused QKV helpers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparse_ops.format import BlockSparseMatrix
+from sparse_ops.kernels import get_backend
+
+pytestmark = pytest.mark.kernels
+
+DEVICES = [pytest.param("cpu", id="interp"), pytest.param("cuda", marks=pytest.mark.gpu, id="cuda")]
+
+
+def test_backend_is_registered_under_its_name(tb):
+    backend = get_backend("triton")
+    assert isinstance(backend, tb.TritonBackend)
+    assert backend.supports(torch.device("cuda"), torch.bfloat16, 16)
+    assert not backend.supports(torch.device("cuda"), torch.float64, 16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", [16, 8])
+def test_ops_with_triton_backend_match_dense_references(kernel_device, device, B):
+    from sparse_ops import ops
+
+    dev = kernel_device
+    g = torch.Generator().manual_seed(B)
+    w = BlockSparseMatrix.random((3 * B, 5 * B), B, 0.4, generator=g, device=dev)
+    w.cache = {}
+    x, dy = torch.randn(2, 9, 5 * B, device=dev), torch.randn(2, 9, 3 * B, device=dev)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ops.sparse_forward(x, w, "triton"), ops.dense_forward_reference(x, w), **tol)
+    torch.testing.assert_close(ops.sparse_grad_input(dy, w, "triton"),
+                               ops.dense_grad_input_reference(dy, w), **tol)
+    torch.testing.assert_close(ops.sparse_grad_values(dy, x, w, "triton"),
+                               ops.dense_grad_values_reference(dy, x, w), **tol)
+    assert "triton_bsr_index" in w.cache  # index built once per pattern, kept in the caller's cache
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_linear_triton_backend_matches_reference_backend(kernel_device, device):
+    from sparse_ops.linear import SparseLinear
+
+    dev = kernel_device
+    ref = SparseLinear(64, 48, sparsity=0.5, block_size=16, backend="reference", seed=0, device=dev)
+    tri = SparseLinear(64, 48, sparsity=0.5, block_size=16, backend="triton", seed=0, device=dev)
+    with torch.no_grad():
+        ref.bias.normal_()
+        tri.bias.copy_(ref.bias)
+    x = torch.randn(3, 7, 64, device=dev)
+    xr, xt = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref(xr).square().sum().backward()
+    tri(xt).square().sum().backward()
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xt.grad, xr.grad, **tol)
+    torch.testing.assert_close(tri.values.grad, ref.values.grad, **tol)
+    torch.testing.assert_close(tri.bias.grad, ref.bias.grad, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", [16, 8])
+def test_fused_qkv_equals_three_separate_projections(tb, kernel_device, device, B):
+    from sparse_ops.kernels import triton_qkv
+
+    dev = kernel_device
+    H, g = 4 * B, torch.Generator().manual_seed(1)
+    mats = [BlockSparseMatrix.random((H, H), B, d, generator=g, device=dev) for d in (0.5, 0.25, 0.75)]
+    values, rows, cols = triton_qkv.stack_patterns([(m.values, m.rows, m.cols, H) for m in mats], B)
+    BlockSparseMatrix(values, rows, cols, (3 * H, H), B).validate()  # canonical order kept
+    x = torch.randn(11, H, device=dev)
+    bias = torch.randn(3 * H, device=dev)
+    q, k, v = triton_qkv.fused_qkv_forward(x, values, rows, cols, H, bias=bias)
+    for out, m, b in zip((q, k, v), mats, bias.split(H)):
+        assert out.shape == (11, H)
+        torch.testing.assert_close(out, x @ m.to_dense().t() + b, rtol=1e-5, atol=1e-5)
+    back = triton_qkv.split_pattern(values, rows, cols, [H, H, H], B)
+    for (bv, br, bc), m in zip(back, mats):
+        assert torch.equal(bv, m.values) and torch.equal(br, m.rows) and torch.equal(bc, m.cols)
+
+
+def test_qkv_helpers_reject_sizes_not_divisible_by_block(tb):
+    from sparse_ops.kernels import triton_qkv
+
+    v, r = torch.zeros(1, 16, 16), torch.zeros(1, dtype=torch.long)
+    with pytest.raises(ValueError, match="stack_patterns: parts\\[1\\] out_features"):
+        triton_qkv.stack_patterns([(v, r, r, 32), (v, r, r, 40)], 16)
+    with pytest.raises(ValueError, match="split_pattern: argument 'sizes'"):
+        triton_qkv.split_pattern(v, r, r, [16, 24], 16)
+
+
+def test_interpreter_index_patch_is_idempotent(tb):
+    from sparse_ops.kernels.triton_compat import patch_interpreter_index
+
+    assert patch_interpreter_index() and patch_interpreter_index()
+
+
+@pytest.mark.gpu
+def test_pattern_change_neither_recompiles_nor_retunes(tb):
+    if tb.INTERPRET or not torch.cuda.is_available():
+        pytest.skip("needs a GPU and compiled kernels")
+    dev = torch.device("cuda")
+    w = BlockSparseMatrix.random((256, 128), 16, 0.2, generator=torch.Generator().manual_seed(0), device=dev)
+    x = torch.randn(512, 128, device=dev, dtype=torch.bfloat16)
+    dy = torch.randn(512, 256, device=dev, dtype=torch.bfloat16)
+
+    def step() -> None:
+        v = w.values.to(torch.bfloat16)
+        tb.forward(x, v, w.rows, w.cols, w.shape)
+        tb.grad_input(dy, v, w.rows, w.cols, w.shape)
+        tb.grad_values(dy, x, w.rows, w.cols, w.shape, 16)
+
+    step()
+    tuned = (len(tb._dsd_tuned.cache), len(tb._sdd_tuned.cache))
+    kernels = (tb._dsd_kernel, tb._sdd_kernel)
+    compiled = [sum(len(c[0]) for c in k.device_caches.values()) for k in kernels]
+    other = BlockSparseMatrix.random((256, 128), 16, 0.2, generator=torch.Generator().manual_seed(1),
+                                     device=dev)
+    w.rows.copy_(other.rows)
+    w.cols.copy_(other.cols)
+    step()
+    torch.cuda.synchronize()
+    assert (len(tb._dsd_tuned.cache), len(tb._sdd_tuned.cache)) == tuned
+    assert [sum(len(c[0]) for c in k.device_caches.values()) for k in kernels] == compiled

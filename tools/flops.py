@@ -1,0 +1,120 @@
+"""Training FLOPs per sequence of a BERT family member (DESIGN section 2).
+
+    python tools/flops.py --model base --sparsity 0.9 --block-size 16 [--seq-len 128]
+                          [--n-updates 160 --regrow gradient --training-steps 100000] [--json]
+
+Prints the breakdown (sparse linears, attention, RigL extra); ``--json`` prints one JSON
+object with ``flops_per_sequence`` and the parts. The RigL dense-gradient cost is paid
+at update steps only; it is amortised per sequence when ``--training-steps`` is given
+(and ``--batch-size`` adds per-run totals).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bert_ipu.presets import MODEL_SIZES, ModelSize  # noqa: E402
+from sparse_ops.dynsp.distribution import DISTRIBUTIONS  # noqa: E402
+from sparse_ops.flops import training_flops_per_sequence  # noqa: E402
+
+BLOCK_SIZES = (1, 4, 8, 16)
+
+
+def encoder_shapes(size: ModelSize) -> list[tuple[int, int]]:
+    """(O, I) of the six sparse-able weights of every encoder layer: Q, K, V, attn-out, FFN up, down."""
+    h, f = size.hidden_size, size.intermediate_size
+    return [(h, h), (h, h), (h, h), (h, h), (f, h), (h, f)] * size.num_hidden_layers
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {lo}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be an int >= {lo}, got {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, choices=sorted(MODEL_SIZES), help="BERT family member")
+    p.add_argument("--sparsity", type=_fraction, default=0.0, help="sparsity s in [0, 1) (0: dense)")
+    p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=1, help="block size B")
+    p.add_argument("--seq-len", type=_int_at_least(1), default=128, help="sequence length S")
+    p.add_argument("--distribution", choices=DISTRIBUTIONS, default="uniform", help="layer densities")
+    p.add_argument("--n-updates", type=_int_at_least(0), default=0, help="pattern updates n")
+    p.add_argument("--regrow", choices=("random", "gradient"), default="random", help="regrowth method")
+    p.add_argument("--training-steps", type=_int_at_least(1), default=None,
+                   help="steps T (amortises the RigL extra per sequence)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help="sequences per step (adds per-run totals; needs --training-steps)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def compute(args: argparse.Namespace) -> dict:
+    """The report as a dict (flops_per_sequence, breakdown, inputs, optional run totals)."""
+    size = MODEL_SIZES[args.model]
+    b = training_flops_per_sequence(
+        encoder_shapes(size), seq_len=args.seq_len, hidden=size.hidden_size,
+        n_layers=size.num_hidden_layers, sparsity=args.sparsity, block_size=args.block_size,
+        distribution=args.distribution, n_updates=args.n_updates, regrow=args.regrow,
+        training_steps=args.training_steps)
+    out = {"model": args.model, "sparsity": args.sparsity, "block_size": args.block_size,
+           "seq_len": args.seq_len, "distribution": args.distribution, "n_updates": args.n_updates,
+           "regrow": args.regrow, "training_steps": args.training_steps, **b.as_dict()}
+    if args.batch_size is not None:
+        sequences = args.training_steps * args.batch_size
+        out["batch_size"] = args.batch_size
+        out["sequences"] = sequences
+        out["flops_total"] = b.total(sequences)
+    return out
+
+
+def render(report: dict) -> str:
+    """Human-readable table of the report."""
+    lines = [f"BERT-{report['model']}  s={report['sparsity']}  B={report['block_size']}  "
+             f"S={report['seq_len']}  ({report['distribution']})",
+             f"  sparse linears      {report['sparse_linears']:.4e}",
+             f"  attention           {report['attention']:.4e}"]
+    if report["rigl_extra_per_update_sequence"]:
+        lines.append(f"  RigL extra / seq at an update step  {report['rigl_extra_per_update_sequence']:.4e}")
+        amortised = report["rigl_extra_per_sequence"]
+        lines.append("  RigL extra (amortised)  " + (f"{amortised:.4e}" if amortised is not None
+                                                     else "n/a: pass --training-steps to amortise"))
+    lines.append(f"  training FLOPs / sequence  {report['flops_per_sequence']:.4e}")
+    if "flops_total" in report:
+        lines.append(f"  run total ({report['sequences']} sequences)  {report['flops_total']:.4e}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size is not None and args.training_steps is None:
+        parser.error("argument --batch-size: needs --training-steps for per-run totals")
+    report = compute(args)
+    print(json.dumps(report) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
