@@ -164,4 +164,4 @@ class FrozenSubset:
 
 
 def _lin(layer: nn.Module) -> Tensor:
-    return layer.rows * layer.n_block_cols + layer.cols
+    return layer.rows.long() * layer.n_block_cols + layer.cols

@@ -61,8 +61,8 @@ def _backward(ctx: Any, dy: Tensor) -> tuple[Optional[Tensor], ...]:
         if ctx.needs_input_grad[1]:
             dv = resolve(backend, w, dy2.shape[0], "grad_values").grad_values(dy2, x2, w).to(v_dtype)
         if ctx.needs_input_grad[2]:
-            # Reduced in the compute dtype (fp32 accumulation inside), as nn.Linear under autocast.
-            db = dy2.sum(0).to(b_dtype)
+            # Accumulated and returned in the (fp32) master dtype, not rounded to bf16/fp16 first.
+            db = dy2.sum(0, dtype=torch.promote_types(dy2.dtype, b_dtype)).to(b_dtype)
     return dx, dv, db, None, None, None, None, None, None
 
 

@@ -5,15 +5,26 @@ All variants of one case are timed in the same run and *interleaved* (round r ru
 every variant once), so a load change on a shared machine hits all of them alike;
 the reported number is the median over rounds, in milliseconds, with the device
 synchronised around every call (CUDA).
+
+Also here, for the training benchmarks (bert_ipu/benchmark.py, tools/bench_*.py):
+``PeakMemory`` (peak memory growth of a code region, CUDA or CPU), ``layer_update_ms``
+(one DynSp update of one existing layer, either placement), ``KERNEL_SHAPES`` /
+``kernel_cases`` (the CUDA kernel grid) and ``format_table``.
 """
 from __future__ import annotations
 
+import copy
+import ctypes
+import gc
 import os
 import platform
+import resource
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from types import TracebackType
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +48,7 @@ class LayerCase:
     @property
     def shape_name(self) -> str:
         O, I, H = self.out_features, self.in_features, self.hidden
-        name = {H: "H", 4 * H: "4H"}
+        name = {H: "H", 3 * H: "3H", 4 * H: "4H"}
         return f"{name.get(O, O)}x{name.get(I, I)}"
 
 
@@ -182,8 +193,8 @@ def layer_cases(hidden: tuple[int, ...], tokens: tuple[int, ...], sparsity: tupl
                 block_sizes: tuple[int, ...], amp: tuple[str, ...],
                 shapes: tuple[str, ...] = ("HxH", "4HxH", "Hx4H")) -> list[LayerCase]:
     """The BERT encoder layer shapes (O x I): HxH (q, k, v, attention output), 4HxH (FFN up),
-    Hx4H (FFN down), crossed with the other axes."""
-    dims = {"HxH": (1, 1), "4HxH": (4, 1), "Hx4H": (1, 4)}
+    Hx4H (FFN down), and on request 3HxH (fused QKV), crossed with the other axes."""
+    dims = {"HxH": (1, 1), "3HxH": (3, 1), "4HxH": (4, 1), "Hx4H": (1, 4)}
     return [LayerCase(H, dims[sh][0] * H, dims[sh][1] * H, n, s, B, a)
             for H in hidden for sh in shapes for n in tokens for s in sparsity for B in block_sizes
             for a in amp]
@@ -203,3 +214,166 @@ def machine_info(device: torch.device) -> dict[str, object]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+# ---------------------------------------------------------------- peak memory of a region
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> Optional[int]:
+    """A ``VmXXX:`` field of /proc/self/status in KiB (None where there is no procfs)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _trim_and_reset_hwm() -> bool:
+    """Return freed heap to the OS (glibc ``malloc_trim``), then reset the process's peak
+    RSS (VmHWM) to its current RSS (Linux >= 4.0, ``echo 5 > /proc/self/clear_refs``)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return _status_kib("VmHWM") is not None
+
+
+class PeakMemory:
+    """Peak memory growth (bytes) of the code inside ``with PeakMemory(device) as pm:``.
+
+    * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
+      the allocated bytes at entry (tensors only; the caching allocator's reserve and the
+      CUDA context are not counted). ``method = "cuda_max_memory_allocated"``.
+    * CPU: peak resident set size of the whole process minus its RSS at entry. At entry
+      freed heap is returned to the OS (``malloc_trim``) and the kernel's peak-RSS mark
+      is reset (/proc/self/clear_refs), so the peak belongs to this region:
+      ``method = "rss_hwm_reset"``. Without that (not Linux): the growth of
+      ``getrusage().ru_maxrss`` (``method = "ru_maxrss_delta"``), a lower bound that only
+      sees growth above the earlier peak of the process. RSS counts everything the
+      process touches (tensors, allocator slack, oneDNN scratch, Python objects), which
+      is why neither ``tracemalloc`` (Python objects only) nor torch's counters are used.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.method = ""
+        self.peak_bytes = 0
+        self._base = 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.method, self._base = "cuda_max_memory_allocated", torch.cuda.memory_allocated(self.device)
+        elif _trim_and_reset_hwm():
+            self.method, self._base = "rss_hwm_reset", 1024 * (_status_kib("VmRSS") or 0)
+        else:
+            self.method = "ru_maxrss_delta"
+            self._base = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        if self.method == "cuda_max_memory_allocated":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method == "rss_hwm_reset":
+            peak = 1024 * (_status_kib("VmHWM") or 0)
+        else:
+            peak = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.peak_bytes = max(0, peak - self._base)
+
+
+# ---------------------------------------------------------------- one layer's update
+def layer_update_ms(layer: SparseLinear, placement: str = "host", repeats: int = 3,
+                    prune_ratio: float = 0.5, seed: int = 0) -> float:
+    """Median wall ms of one DynSp update (prune + random regrow + AdamW state remap +
+    metrics) of a *copy* of ``layer``, with the controller at ``placement``.
+
+    The copy gets a fresh AdamW with one step taken (so its moments exist and are
+    remapped, as in training) and a single-layer ``DynSpController`` with a constant
+    prune ratio ``prune_ratio`` (the largest k of a cosine schedule); ``layer`` itself
+    and its optimizer are untouched.
+    """
+    from sparse_ops.dynsp.controller import DynSpController
+
+    if repeats < 1:
+        raise ValueError(f"layer_update_ms: argument 'repeats' must be >= 1, got {repeats}")
+    work = copy.deepcopy(layer)
+    device = work.values.device
+    opt = torch.optim.AdamW([work.values], lr=1e-3)
+    work(torch.randn(8, work.in_features, device=device)).sum().backward()
+    opt.step()
+    total = repeats + 1  # updates at steps 1..repeats
+    ctrl = DynSpController({"layer": work}, opt, total_steps=total, n_updates=repeats,
+                           prune_ratio=prune_ratio, prune_schedule="constant", seed=seed,
+                           placement=placement, sync="none")
+    times = []
+    for step in range(total):
+        if ctrl.is_update_step(step):
+            sync(device)
+            t0 = time.perf_counter()
+            ctrl.step(step)
+            sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------- CUDA kernel grid
+# Layer shapes (O, I) of BERT as multiples of H: the four products a layer runs.
+KERNEL_SHAPES: dict[str, tuple[int, int]] = {
+    "HxH": (1, 1),   # query, key, value, attention output
+    "3HxH": (3, 1),  # fused query/key/value weight
+    "4HxH": (4, 1),  # FFN up
+    "Hx4H": (1, 4),  # FFN down
+}
+KERNEL_SHAPE_ROLES = {"HxH": "q/k/v/out", "3HxH": "fused QKV", "4HxH": "FFN up", "Hx4H": "FFN down"}
+KERNEL_GRID = dict(hidden=(768,), tokens=(4096, 16384), sparsity=(0.9,), block_sizes=(16, 8))
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    """One CUDA kernel benchmark cell: a named (O, I) shape on N tokens."""
+
+    shape_name: str
+    shape: tuple[int, int]
+    n_tokens: int
+    sparsity: float
+    block_size: int
+
+
+def kernel_cases(hidden: Sequence[int] = (768,), tokens: Sequence[int] = (4096, 16384),
+                 sparsity: Sequence[float] = (0.9,), block_sizes: Sequence[int] = (16, 8),
+                 shapes: Sequence[str] = tuple(KERNEL_SHAPES)) -> list[KernelCase]:
+    """The grid of tools/bench_ops.py --device cuda (default: BERT-Base, N = 4096 and 16384)."""
+    unknown = [s for s in shapes if s not in KERNEL_SHAPES]
+    if unknown:
+        raise ValueError(f"kernel_cases: argument 'shapes' must name {sorted(KERNEL_SHAPES)}, got {unknown}")
+    return [KernelCase(name, (KERNEL_SHAPES[name][0] * H, KERNEL_SHAPES[name][1] * H), n, s, B)
+            for H in hidden for name in shapes for n in tokens for s in sparsity for B in block_sizes]
+
+
+# ---------------------------------------------------------------- tables
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table with columns padded to their widest cell (floats as given).
+
+    >>> print(format_table(["a", "bb"], [[1, "x"], [22, "y"]]))
+    a  | bb
+    ---+---
+    1  | x
+    22 | y
+    """
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -5,11 +5,17 @@ A weight W of shape (O, I) is cut into (O/B) x (I/B) blocks of B x B. Only the
 
     values [nnz, B, B]   block contents, values[k] == W[rows[k]*B:(rows[k]+1)*B,
                                                       cols[k]*B:(cols[k]+1)*B]
-    rows   [nnz] int64   block-row coordinates
-    cols   [nnz] int64   block-column coordinates
+    rows   [nnz] int32   block-row coordinates
+    cols   [nnz] int32   block-column coordinates
 
 Canonical order: blocks sorted by linear block index ``rows * (I // B) + cols``,
 without duplicates. Every kernel may rely on it (CSR row pointers come for free).
+
+Index dtype: patterns are built and stored as ``INDEX_DTYPE`` = int32 (8 bytes of
+indices per block instead of 16: at B = 1 that is the difference between a layer's
+state being below or above the dense layer's at s = 0.5). ``validate()`` also accepts
+int64 (both tensors of one dtype), and every kernel takes either. Linear block indices
+(``linear_index()``, the DynSp helpers) are int64, so ``(O/B) * (I/B)`` may exceed 2^31.
 
 Pattern sampling works on linear block indices (rejection sampling with ``isin``),
 never on a dense boolean mask of block positions (DESIGN section 2, item 4).
@@ -23,6 +29,8 @@ import torch
 from torch import Tensor
 
 VALID_BLOCK_SIZES = (1, 4, 8, 16)
+INDEX_DTYPE = torch.int32
+INDEX_DTYPES = (torch.int32, torch.int64)  # accepted by validate() and the kernels
 
 
 class SparseFormatError(ValueError):
@@ -105,7 +113,7 @@ def _first_occurrences(x: Tensor) -> Tensor:
 def random_pattern(n_block_rows: int, n_block_cols: int, nnz: int,
                    generator: Optional[torch.Generator] = None,
                    device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-    """Uniformly random pattern of exactly ``nnz`` blocks; (rows, cols) int64 in canonical order.
+    """Uniformly random pattern of exactly ``nnz`` blocks; (rows, cols) INDEX_DTYPE, canonical order.
 
     Above half density the *inactive* set is sampled instead, so the work stays
     O(min(nnz, n_blocks - nnz)) draws plus one O(n_blocks) index list.
@@ -120,7 +128,7 @@ def random_pattern(n_block_rows: int, n_block_cols: int, nnz: int,
         everything = torch.arange(total, dtype=torch.int64)
         lin = everything[~torch.isin(everything, inactive)]
     lin = lin.to(device)
-    return lin // n_block_cols, lin % n_block_cols
+    return (lin // n_block_cols).to(INDEX_DTYPE), (lin % n_block_cols).to(INDEX_DTYPE)
 
 
 @dataclass
@@ -157,7 +165,7 @@ class BlockSparseMatrix:
 
     def linear_index(self) -> Tensor:
         """[nnz] int64 linear block index ``rows * (I // B) + cols``."""
-        return self.rows * self.n_block_cols + self.cols
+        return self.rows.long() * self.n_block_cols + self.cols
 
     def validate(self) -> "BlockSparseMatrix":
         """Check dtypes, shapes, ranges, uniqueness and canonical order; return self."""
@@ -195,7 +203,7 @@ class BlockSparseMatrix:
             if rows is not None or cols is not None:
                 raise SparseFormatError(f"{fn}: arguments 'rows' and 'cols' must be given together")
             rows, cols = (blocks != 0).any(dim=(2, 3)).nonzero(as_tuple=True)
-        rows, cols = canonical_order(rows.long(), cols.long(), I // B)[:2]
+        rows, cols = canonical_order(rows.to(INDEX_DTYPE), cols.to(INDEX_DTYPE), I // B)[:2]
         validate_pattern(fn, rows, cols, (O, I), B)
         return cls(blocks[rows, cols].contiguous(), rows, cols, (O, I), B)
 
@@ -224,8 +232,8 @@ class BlockSparseMatrix:
 
 def canonical_order(rows: Tensor, cols: Tensor, n_block_cols: int,
                     values: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Sort (rows, cols[, values]) by linear index ``rows * n_block_cols + cols``."""
-    order = (rows * n_block_cols + cols).argsort()
+    """Sort (rows, cols[, values]) by linear index ``rows * n_block_cols + cols`` (int64)."""
+    order = (rows.long() * n_block_cols + cols).argsort()
     return rows[order], cols[order], None if values is None else values[order]
 
 
@@ -233,23 +241,25 @@ def validate_pattern(fn: str, rows: Any, cols: Any, shape: tuple[int, int], bloc
                      require_sorted: bool = True) -> None:
     """Raise SparseFormatError (message starts with ``fn``) unless rows/cols form a valid pattern.
 
-    Valid: 1-D int64 tensors of equal length on one device, in range, no duplicates,
-    and (if ``require_sorted``) in canonical order.
+    Valid: 1-D tensors of one dtype in INDEX_DTYPES (int32 / int64), of equal length on
+    one device, in range, no duplicates, and (if ``require_sorted``) in canonical order.
+    Costs host syncs (min / max / unique); trusted callers skip it.
     """
     nbr, nbc = shape[0] // block_size, shape[1] // block_size
     for name, t, hi in (("rows", rows, nbr), ("cols", cols, nbc)):
-        if not isinstance(t, Tensor) or t.dtype != torch.int64 or t.dim() != 1:
-            raise SparseFormatError(f"{fn}: argument '{name}' must be a 1-D int64 tensor, got "
+        if not isinstance(t, Tensor) or t.dtype not in INDEX_DTYPES or t.dim() != 1:
+            raise SparseFormatError(f"{fn}: argument '{name}' must be a 1-D int32 or int64 tensor, got "
                                     f"{getattr(t, 'dtype', type(t).__name__)} of shape "
                                     f"{tuple(getattr(t, 'shape', ()))}")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
             raise SparseFormatError(f"{fn}: argument '{name}' must lie in [0, {hi}) for shape {tuple(shape)} "
                                     f"and block_size {block_size}, got values in "
                                     f"[{int(t.min())}, {int(t.max())}]")
-    if rows.numel() != cols.numel() or rows.device != cols.device:
-        raise SparseFormatError(f"{fn}: argument 'cols' must match 'rows' in length and device, got "
-                                f"{cols.numel()} on {cols.device} vs {rows.numel()} on {rows.device}")
-    lin = rows * nbc + cols
+    if rows.numel() != cols.numel() or rows.device != cols.device or rows.dtype != cols.dtype:
+        raise SparseFormatError(f"{fn}: argument 'cols' must match 'rows' in length, device and dtype, got "
+                                f"{cols.numel()} {cols.dtype} on {cols.device} vs {rows.numel()} "
+                                f"{rows.dtype} on {rows.device}")
+    lin = rows.long() * nbc + cols
     n_dup = lin.numel() - lin.unique().numel()
     if n_dup:
         raise SparseFormatError(f"{fn}: arguments 'rows'/'cols' must not contain duplicate blocks, "

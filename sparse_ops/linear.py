@@ -1,8 +1,8 @@
 """SparseLinear: an always-sparse drop-in for ``nn.Linear`` (contract: docs/architecture.md).
 
 State: ``values`` [nnz, B, B] (nn.Parameter, fp32 master weights, the only trainable
-weight), ``rows`` / ``cols`` [nnz] int64 block coordinates (persistent buffers, in
-canonical order), dense ``bias`` [O]. The dense O x I weight is never stored.
+weight), ``rows`` / ``cols`` [nnz] int32 block coordinates (persistent buffers, in
+canonical order; format.INDEX_DTYPE), dense ``bias`` [O]. The dense O x I weight is never stored.
 
     y = x @ W^T + b,  W[r*B:(r+1)*B, c*B:(c+1)*B] = values[k] for (r, c) = (rows[k], cols[k])
 
@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from sparse_ops import ablations
 from sparse_ops.autograd import sparse_linear
-from sparse_ops.format import (BlockSparseMatrix, SparseFormatError, canonical_order, check_block_size,
-                               check_shape, nnz_for_density, random_pattern, validate_pattern)
+from sparse_ops.format import (INDEX_DTYPE, INDEX_DTYPES, BlockSparseMatrix, SparseFormatError,
+                               canonical_order, check_block_size, check_shape, nnz_for_density,
+                               random_pattern, validate_pattern)
 from sparse_ops.kernels import check_backend_name
 
 INIT_STD = 0.02
@@ -135,13 +136,16 @@ class SparseLinear(nn.Module):
 
     # ---- pattern ---------------------------------------------------------------------
     @torch.no_grad()
-    def set_pattern(self, rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
+    def set_pattern(self, rows: Tensor, cols: Tensor, values: Tensor, validate: bool = True) -> Tensor:
         """Replace the pattern and values in place (same Parameter / buffer objects).
 
-        rows, cols: [nnz] int64 block coordinates (any order, no duplicates);
-        values: [nnz, B, B]. nnz must equal the current nnz. The blocks are sorted
-        into canonical order; returns the permutation ``order`` applied
+        rows, cols: [nnz] int32 or int64 block coordinates (any order, no duplicates),
+        stored as int32; values: [nnz, B, B]. nnz must equal the current nnz. The blocks
+        are sorted into canonical order; returns the permutation ``order`` applied
         (stored[i] = given[order[i]]) so callers can permute optimizer state alike.
+        ``validate=False`` skips the range / duplicate / order checks, which need host
+        syncs (min, max, unique): for trusted callers such as the DynSp controller,
+        whose patterns are canonical by construction. Shapes and dtypes are always checked.
         """
         fn = "SparseLinear.set_pattern"
         B = self.block_size
@@ -150,10 +154,13 @@ class SparseLinear(nn.Module):
             if not isinstance(t, Tensor) or tuple(t.shape) != shp:
                 raise SparseFormatError(f"{fn}: argument '{name}' must have shape {shp} (nnz={self.nnz} "
                                         f"is fixed), got {tuple(getattr(t, 'shape', ())) or type(t).__name__}")
-        rows, cols = rows.to(self.rows.device), cols.to(self.rows.device)
-        order = (rows * self.n_block_cols + cols).argsort()
+            if name != "values" and t.dtype not in INDEX_DTYPES:
+                raise SparseFormatError(f"{fn}: argument '{name}' must be an int32 or int64 tensor, got {t.dtype}")
+        rows, cols = rows.to(self.rows.device, INDEX_DTYPE), cols.to(self.rows.device, INDEX_DTYPE)
+        order = (rows.long() * self.n_block_cols + cols).argsort()
         rows, cols = rows[order], cols[order]
-        validate_pattern(fn, rows, cols, (self.out_features, self.in_features), B)
+        if validate:
+            validate_pattern(fn, rows, cols, (self.out_features, self.in_features), B)
         self.values.copy_(values.to(self.values.device)[order])
         self.rows.copy_(rows)
         self.cols.copy_(cols)
@@ -220,7 +227,8 @@ class SparseLinear(nn.Module):
         rows, cols = state_dict.get(prefix + "rows"), state_dict.get(prefix + "cols")
         if rows is not None and cols is not None and rows.shape == self.rows.shape == cols.shape:
             try:
-                validate_pattern("SparseLinear.load_state_dict", rows.long(), cols.long(),
+                # int64 (or int32) patterns load; copy_ stores them as int32.
+                validate_pattern("SparseLinear.load_state_dict", rows, cols,
                                  (self.out_features, self.in_features), self.block_size)
             except SparseFormatError as exc:
                 error_msgs.append(f"{prefix}rows/{prefix}cols: {exc}")

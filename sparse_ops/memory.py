@@ -5,7 +5,11 @@ is two fp32 moments shaped like each trainable parameter (the scalar ``step`` is
 ignored). Dense scratch inside a kernel is transient and not counted here.
 
     dense nn.Linear (O x I, bias):  (O*I + O) * 4 * 3 bytes in fp32 with Adam
-    SparseLinear:                   (nnz*B^2 + O) * 4 * 3  +  nnz * 2 * 8 (int64 rows/cols)
+    SparseLinear:                   (nnz*B^2 + O) * 4 * 3  +  nnz * 2 * INDEX_BYTES (rows/cols)
+
+INDEX_BYTES is 4 (int32 indices, format.INDEX_DTYPE): at B = 1 a layer then costs
+12 + 8 = 20 bytes per active weight against 12 per dense weight, so its state is below
+the dense layer's for every s > 0.4 (with int64 indices only for s > 4/7).
 """
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from sparse_ops.format import INDEX_DTYPE
+
+INDEX_BYTES = torch.empty(0, dtype=INDEX_DTYPE).element_size()
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -53,6 +61,11 @@ def dense_linear_state_bytes(in_features: int, out_features: int, bias: bool = T
 
 def sparse_linear_state_bytes(in_features: int, out_features: int, nnz: int, block_size: int,
                               bias: bool = True, adam_moments: int = 2, element_size: int = 4) -> int:
-    """Predicted bytes of a SparseLinear: values + bias (+ moments) + int64 rows/cols."""
+    """Predicted bytes of a SparseLinear: values + bias (+ moments) + rows/cols (INDEX_BYTES each)."""
     n = nnz * block_size * block_size + (out_features if bias else 0)
-    return n * element_size + adam_moments * n * 4 + nnz * 2 * 8
+    return n * element_size + adam_moments * n * 4 + index_bytes(nnz)
+
+
+def index_bytes(nnz: int) -> int:
+    """Bytes of the block coordinates of ``nnz`` blocks: rows + cols, INDEX_BYTES each."""
+    return nnz * 2 * INDEX_BYTES

@@ -142,7 +142,7 @@ class DynSpController:
         return torch.device("cpu") if self.placement == "host" else m.values.device
 
     def _active_lin(self, m: SparseLinear) -> Tensor:
-        return (m.rows * m.n_block_cols + m.cols).to(self._work_device(m))
+        return (m.rows.long() * m.n_block_cols + m.cols).to(self._work_device(m))
 
     def is_update_step(self, step: int) -> bool:
         """True when the pattern changes right after optimizer step ``step``."""
@@ -226,7 +226,8 @@ class DynSpController:
         init = new_block_values(upd.k, m.block_size, self.regrow_init, gen)
         new_values = gather_blocks(m.values.detach(), source, init)
         remap_param_state(self.optimizer, m.values, source)
-        m.set_pattern(lin // m.n_block_cols, lin % m.n_block_cols, new_values)
+        # lin is sorted and unique by construction: skip set_pattern's host-syncing checks.
+        m.set_pattern(lin // m.n_block_cols, lin % m.n_block_cols, new_values, validate=False)
         if m.nnz != self.nnz[name]:
             raise RuntimeError(f"DynSpController: layer {name!r} changed nnz {self.nnz[name]} -> {m.nnz}")
         return self.trackers[name].record(upd.pruned, upd.grown)

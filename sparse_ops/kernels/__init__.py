@@ -8,7 +8,10 @@ A backend implements, for 2-D inputs already cast to the compute dtype:
 
 where ``w`` is a BlockSparseMatrix whose values are in the compute dtype, ``x`` and
 ``dy`` are contiguous, and results are fresh tensors (callers may modify them in
-place). ``forward_with_bias(x, w, bias)`` defaults to ``forward(x, w) + bias``.
+place). Results are in the compute dtype, except that ``grad_values`` may return fp32
+(a backend accumulating in fp32 hands back the accumulator unrounded; autograd casts it
+to the fp32 master dtype anyway). ``forward_with_bias(x, w, bias)`` defaults to
+``forward(x, w) + bias``; autograd.py calls it whenever the layer has a bias.
 
 Registered here: ``reference`` (kernels/reference.py), ``dense``, ``bsr``,
 ``gather_bmm`` (kernels/cpu.py). ``triton`` (kernels/triton_bsr.py) registers

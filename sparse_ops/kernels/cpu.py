@@ -31,7 +31,7 @@ def scatter_dense(w: BlockSparseMatrix) -> Tensor:
     """Dense [O, I] weight in ``w.values.dtype``; equivalent to ``w.to_dense()``."""
     dense = w.values.new_zeros(w.shape)
     if w.block_size == 1:
-        dense.view(-1)[w.rows * w.n_block_cols + w.cols] = w.values.reshape(-1)
+        dense.view(-1)[w.linear_index()] = w.values.reshape(-1)
     else:
         _block_view(dense, w)[w.rows, w.cols] = w.values
     return dense
@@ -40,7 +40,7 @@ def scatter_dense(w: BlockSparseMatrix) -> Tensor:
 def gather_blocks(dense: Tensor, w: BlockSparseMatrix) -> Tensor:
     """Blocks of a dense [O, I] tensor at w's pattern -> [nnz, B, B]."""
     if w.block_size == 1:
-        return dense.reshape(-1)[w.rows * w.n_block_cols + w.cols].view(-1, 1, 1)
+        return dense.reshape(-1)[w.linear_index()].view(-1, 1, 1)
     return _block_view(dense, w)[w.rows, w.cols]
 
 
@@ -134,7 +134,7 @@ class MklBsrBackend(Backend):
 
     def _pattern_t(self, w: BlockSparseMatrix) -> tuple[Tensor, Tensor, Tensor]:
         def build() -> tuple[Tensor, Tensor, Tensor]:
-            perm = (w.cols * w.n_block_rows + w.rows).argsort()
+            perm = (w.cols.long() * w.n_block_rows + w.rows).argsort()
             return perm, _crow(w.cols, w.n_block_cols), w.rows[perm]
         return cached(w, "bsr.transposed", build)
 

@@ -68,7 +68,7 @@ def _dense_fn(shape: tuple[int, int], x: Tensor, dy: Tensor) -> Fn:
 
 
 def _bsr(values: Tensor, rows: Tensor, cols: Tensor, shape: tuple[int, int], B: int) -> Tensor:
-    crow = torch.searchsorted(rows, torch.arange(shape[0] // B + 1, device=rows.device))
+    crow = torch.searchsorted(rows, torch.arange(shape[0] // B + 1, device=rows.device)).to(cols.dtype)
     return torch.sparse_bsr_tensor(crow, cols, values, size=shape, check_invariants=False)
 
 
@@ -77,7 +77,7 @@ def _torch_sparse_fns(values, rows, cols, shape, B, x: Tensor, dy: Tensor) -> tu
     from torch.sparse._triton_ops import bsr_dense_addmm, sampled_addmm
 
     w = _bsr(values, rows, cols, shape, B)
-    order = torch.argsort(cols * (shape[0] // B) + rows)  # W^T pattern in its canonical order
+    order = torch.argsort(cols.long() * (shape[0] // B) + rows)  # W^T pattern in its canonical order
     wt = _bsr(values[order].transpose(1, 2).contiguous(), cols[order], rows[order], (shape[1], shape[0]), B)
     mask = _bsr(torch.ones_like(values), rows, cols, shape, B)
     zy, zx = dy.new_zeros(shape[0], x.shape[0]), x.new_zeros(shape[1], x.shape[0])

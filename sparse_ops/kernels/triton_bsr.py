@@ -263,7 +263,9 @@ class TritonBackend(Backend):
         return grad_input(dy, w.values, w.rows, w.cols, w.shape, index=self._index(w))
 
     def grad_values(self, dy: Tensor, x: Tensor, w: BlockSparseMatrix) -> Tensor:
-        return grad_values(dy, x, w.rows, w.cols, w.shape, w.block_size, out_dtype=dy.dtype,
+        """fp32 [nnz, B, B] whatever the compute dtype: the fp32 accumulator is returned
+        unrounded, since the values' gradient goes to fp32 master weights anyway."""
+        return grad_values(dy, x, w.rows, w.cols, w.shape, w.block_size, out_dtype=torch.float32,
                            index=self._index(w))
 
 

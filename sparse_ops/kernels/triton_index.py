@@ -1,6 +1,6 @@
 """Run-time index structures of the Triton BSR kernels, built once per pattern and cached.
 
-A block pattern is given as block coordinates ``rows``/``cols`` ([nnz] int64, canonical order
+A block pattern is given as block coordinates ``rows``/``cols`` ([nnz] int32 or int64, canonical order
 = sorted by the linear index ``row * n_block_cols + col``). The kernels need
 
 * CSR row pointers ``row_ptr`` [n_block_rows + 1] and ``col_idx`` [nnz]: the forward

@@ -252,3 +252,59 @@ def test_dof_and_removed_new_fraction_match_recomputation():
         assert log[0]["update_time_s"] > 0 and log[0]["step"] == t
     assert n_updates == 6
     assert fractions[0] == 0.0 and 0 < max(fractions) <= 1  # zero-initialised new blocks get re-pruned
+
+
+def test_controller_skips_set_pattern_validation_and_keeps_int32_canonical(monkeypatch):
+    # The controller's patterns are canonical by construction, so it must not pay
+    # set_pattern's host-syncing checks (min / max / unique) at every update.
+    import sparse_ops.linear as linear_mod
+
+    def no_validation(fn, *args, **kwargs):
+        raise AssertionError(f"{fn} validated a controller pattern")
+    monkeypatch.setattr(linear_mod, "validate_pattern", no_validation)
+    model, opt, ctrl = make_run(total_steps=20, n_updates=4)
+    assert len(train(model, opt, ctrl, 0, 20)) == 4
+    monkeypatch.undo()
+    for m in model.modules():
+        if isinstance(m, SparseLinear):
+            assert m.rows.dtype == m.cols.dtype == torch.int32
+            m.matrix().validate()  # still canonical, unique and in range
+
+
+def test_k_is_capped_by_the_candidates_left_at_low_sparsity():
+    # 16 positions, 12 active: pr = 0.5 asks for 6, but only the 4 inactive positions
+    # may be re-allocated (just-pruned ones are excluded), so k = 4 and they all fill up.
+    layer = SparseLinear(16, 16, sparsity=0.25, block_size=4, seed=0)
+    ctrl = DynSpController({"fc": layer}, None, total_steps=4, n_updates=1, prune_ratio=0.5,
+                           prune_schedule="constant")
+    inactive = sorted(set(range(16)) - set(_lin(layer).tolist()))
+    with torch.no_grad():
+        layer.values.copy_(torch.arange(12.0).view(12, 1, 1).expand(12, 4, 4))  # distinct norms
+    old = _lin(layer).clone()
+    metrics = ctrl.step(2)
+    assert metrics["pruned_blocks/fc"] == 4 and layer.nnz == 12
+    assert sorted(set(_lin(layer).tolist()) - set(old.tolist())) == inactive
+    assert sorted(set(old.tolist()) - set(_lin(layer).tolist())) == old[:4].tolist()  # 4 smallest
+
+
+@pytest.mark.parametrize("make_opt, keys", [
+    (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), ("momentum_buffer",)),
+    (lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True), ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
+])
+def test_any_optimizer_with_values_shaped_state_is_carried(make_opt, keys):
+    layer = SparseLinear(32, 32, sparsity=0.75, block_size=4, seed=0)
+    opt = make_opt(layer.parameters())
+    ctrl = DynSpController({"fc": layer}, opt, total_steps=4, n_updates=1)  # update at step 2
+    for t in range(3):
+        layer(batch(t)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    old_lin, snap = _lin(layer).clone(), {k: opt.state[layer.values][k].clone() for k in keys}
+    assert ctrl.step(2) is not None
+    new_lin = _lin(layer)
+    survivors = torch.isin(new_lin, old_lin)
+    src = torch.searchsorted(old_lin, new_lin[survivors])
+    assert 0 < int((~survivors).sum()) < new_lin.numel()
+    for k in keys:
+        assert torch.equal(opt.state[layer.values][k][survivors], snap[k][src])
+        assert bool((opt.state[layer.values][k][~survivors] == 0).all())

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_ops.format import (VALID_BLOCK_SIZES, BlockSparseMatrix, SparseFormatError, nnz_for_density,
-                               random_pattern, sample_linear_indices)
+from sparse_ops.format import (INDEX_DTYPE, VALID_BLOCK_SIZES, BlockSparseMatrix, SparseFormatError,
+                               nnz_for_density, random_pattern, sample_linear_indices)
 
 
 def _random_blocky(O: int, I: int, B: int, density: float, seed: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def test_from_dense_with_explicit_unsorted_pattern_sorts_it() -> None:
 def test_random_pattern_exact_unique_sorted(nbr: int, nbc: int, nnz: int) -> None:
     rows, cols = random_pattern(nbr, nbc, nnz, torch.Generator().manual_seed(3))
     lin = rows * nbc + cols
-    assert rows.dtype == torch.int64 and lin.numel() == nnz
+    assert rows.dtype == cols.dtype == INDEX_DTYPE == torch.int32 and lin.numel() == nnz
     assert lin.unique().numel() == nnz and bool((lin[1:] > lin[:-1]).all())
     assert nnz == 0 or (int(rows.max()) < nbr and int(cols.max()) < nbc and int(lin.min()) >= 0)
 
@@ -88,7 +88,8 @@ def _mat(**kw) -> BlockSparseMatrix:
     (dict(rows=torch.tensor([0, 2])), "rows", r"\[0, 2\)"),
     (dict(cols=torch.tensor([1, -1])), "cols", r"\[0, 2\)"),
     (dict(rows=torch.tensor([1, 0])), "rows'/'cols", "canonical order"),
-    (dict(rows=torch.tensor([0, 1], dtype=torch.int32)), "rows", "int64"),
+    (dict(rows=torch.tensor([0, 1], dtype=torch.int16)), "rows", "int32 or int64"),
+    (dict(rows=torch.tensor([0, 1], dtype=torch.int32)), "cols", "dtype"),  # int64 cols: mixed
     (dict(cols=torch.tensor([1])), "cols", "length"),
     (dict(shape=(8, 6)), "shape", "divisible by block_size=4"),
     (dict(block_size=3), "block_size", r"\(1, 4, 8, 16\)"),
@@ -114,3 +115,16 @@ def test_random_matrix_density_and_init() -> None:
     mat = BlockSparseMatrix.random((64, 128), 8, 0.25, torch.Generator().manual_seed(0)).validate()
     assert mat.nnz == round(0.25 * 8 * 16) and abs(mat.density - 0.25) < 1e-9
     assert float(mat.values.abs().max()) <= 0.04
+
+
+def test_int32_and_int64_patterns_validate_and_convert_alike() -> None:
+    i32 = dict(rows=torch.tensor([0, 1], dtype=torch.int32), cols=torch.tensor([1, 0], dtype=torch.int32))
+    a, b = _mat(**i32).validate(), _mat().validate()  # the default _mat() holds int64 indices
+    assert a.linear_index().dtype == torch.int64 and torch.equal(a.linear_index(), b.linear_index())
+    dense = torch.arange(64.0).reshape(8, 8)
+    m = BlockSparseMatrix.from_dense(dense, 4, torch.tensor([1, 0]), torch.tensor([0, 1]))
+    assert m.rows.dtype == m.cols.dtype == INDEX_DTYPE
+    # Linear indices are formed in int64: a 2^16 x 2^16 block grid overflows int32.
+    big = BlockSparseMatrix(torch.zeros(1, 1, 1), torch.tensor([65535], dtype=torch.int32),
+                            torch.tensor([65535], dtype=torch.int32), (65536, 65536), 1)
+    assert int(big.linear_index()) == 65536 ** 2 - 1

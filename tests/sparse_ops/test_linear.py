@@ -19,7 +19,7 @@ def test_construction_counts_and_init() -> None:
     assert m.nnz == round(0.1 * 192 * 48) and m.values.shape == (m.nnz, 16, 16)
     assert (m.n_block_rows, m.n_block_cols) == (192, 48)
     assert abs(m.density - m.nnz / (192 * 48)) < 1e-12
-    assert m.values.dtype == torch.float32 and m.rows.dtype == m.cols.dtype == torch.int64
+    assert m.values.dtype == torch.float32 and m.rows.dtype == m.cols.dtype == torch.int32
     assert float(m.values.detach().abs().max()) <= 0.04 and 0.015 < float(m.values.detach().std()) < 0.02
     assert torch.equal(m.bias, torch.zeros(768 * 4))
     assert [n for n, _ in m.named_parameters()] == ["values", "bias"]
@@ -171,3 +171,30 @@ def test_from_dense_top_blocks_and_nonzero_blocks() -> None:
 def test_extra_repr_mentions_pattern() -> None:
     text = repr(SparseLinear(32, 16, sparsity=0.5, block_size=4, seed=0))
     assert "block_size=4" in text and "nnz=16" in text and "density=0.5000" in text
+
+
+def test_set_pattern_validate_flag_skips_only_the_syncing_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sparse_ops.linear as linear_mod
+
+    m = SparseLinear(32, 32, sparsity=0.5, block_size=8, seed=0)
+    calls = []
+    real = linear_mod.validate_pattern
+    monkeypatch.setattr(linear_mod, "validate_pattern", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    r, c = random_pattern(4, 4, m.nnz, torch.Generator().manual_seed(1))
+    m.set_pattern(r.long(), c.long(), torch.ones(m.nnz, 8, 8))  # int64 in: stored as int32
+    assert calls == ["SparseLinear.set_pattern"] and m.rows.dtype == m.cols.dtype == torch.int32
+    assert torch.equal(m.rows, r) and torch.equal(m.cols, c)
+    m.set_pattern(c, r, torch.ones(m.nnz, 8, 8), validate=False)
+    assert len(calls) == 1 and torch.equal(m.rows * 4 + m.cols, (m.rows * 4 + m.cols).sort().values)
+    with pytest.raises(SparseFormatError, match=r"set_pattern: argument 'values' must have shape"):
+        m.set_pattern(r, c, torch.ones(m.nnz, 4, 4), validate=False)
+    with pytest.raises(SparseFormatError, match=r"set_pattern: argument 'rows' must be an int32 or int64"):
+        m.set_pattern(r.float(), c, torch.ones(m.nnz, 8, 8), validate=False)
+
+
+def test_int64_checkpoint_pattern_loads_into_int32_buffers() -> None:
+    src = SparseLinear(64, 32, sparsity=0.5, block_size=4, seed=1)
+    sd = {k: (v.long() if k in ("rows", "cols") else v) for k, v in src.state_dict().items()}
+    dst = SparseLinear(64, 32, sparsity=0.5, block_size=4, seed=2)
+    dst.load_state_dict(sd)
+    assert dst.rows.dtype == torch.int32 and torch.equal(dst.rows, src.rows) and torch.equal(dst.cols, src.cols)

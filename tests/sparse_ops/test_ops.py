@@ -191,3 +191,34 @@ def test_forced_backend_is_used_and_unsupported_one_rejected(monkeypatch: pytest
     with pytest.raises(kernels.BackendError, match="select_backend: backend 'bsr' does not support"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             m(torch.randn(3, 32))
+
+
+@pytest.mark.parametrize("backend", ["reference", "dense", "gather_bmm"])
+def test_bf16_autocast_bias_grad_is_accumulated_in_fp32(backend: str) -> None:
+    from sparse_ops.linear import SparseLinear
+
+    m = SparseLinear(32, 16, sparsity=0.5, block_size=4, seed=0, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(torch.randn(64, 32, generator=torch.Generator().manual_seed(0)))
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    y.backward(gy)
+    assert m.bias.grad.dtype == torch.float32
+    # A sum rounded to bf16 (8 bits) would be off by up to ~1e-2 here.
+    torch.testing.assert_close(m.bias.grad.double(), gy.double().sum(0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B", [1, 4])
+def test_int32_and_int64_patterns_give_identical_products(backend: str, B: int) -> None:
+    if not _supported(backend, torch.float64, B):
+        pytest.skip(f"{backend} does not run float64")
+    w, x, dy = _case(B, seed=30 + B)
+    assert w.rows.dtype == torch.int32  # what SparseLinear stores
+    w64 = BlockSparseMatrix(w.values, w.rows.long(), w.cols.long(), w.shape, B).validate()
+    for m in (w, w64):
+        m.cache = {}  # exercise the cached pattern-derived indices (CSR pointers) too
+    torch.testing.assert_close(sparse_forward(x, w, backend), sparse_forward(x, w64, backend), rtol=0, atol=0)
+    torch.testing.assert_close(sparse_grad_input(dy, w, backend), sparse_grad_input(dy, w64, backend),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(sparse_grad_values(dy, x, w, backend), sparse_grad_values(dy, x, w64, backend),
+                               rtol=0, atol=0)
