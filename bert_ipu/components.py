@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -114,8 +115,30 @@ def build_controller(cfg: Config, model: nn.Module, optimizer: torch.optim.Optim
             regrow_init=s.regrow_init, regrow_pruned=s.regrow_pruned, seed=s.seed,
             placement=s.placement)
     except ValueError as exc:
-        raise ConfigError(f"sparsity.n_updates: {exc} (training steps: {total_steps})",
-                          "sparsity.n_updates") from None
+        path = controller_error_path(str(exc))
+        raise ConfigError(f"{path}: {exc} (training steps: {total_steps})", path) from None
+
+
+# The controller's messages name the argument ("...: argument 'prune_ratio' must ...");
+# these are the config fields that feed each argument.
+_CONTROLLER_ARGS = {
+    "n_updates": "sparsity.n_updates", "prune_ratio": "sparsity.prune_ratio",
+    "prune_schedule": "sparsity.prune_schedule", "schedule": "sparsity.prune_schedule",
+    "end_fraction": "sparsity.end_fraction", "regrow": "sparsity.regrow",
+    "regrow_init": "sparsity.regrow_init", "regrow_pruned": "sparsity.regrow_pruned",
+    "seed": "sparsity.seed", "placement": "sparsity.placement",
+    "total_steps": "training.training_steps",
+}
+
+
+def controller_error_path(message: str) -> str:
+    """The config path behind a DynSpController ValueError (`sparsity` when unknown).
+
+    >>> controller_error_path("UpdateSchedule: argument 'prune_ratio' must be in [0.0, 1.0]")
+    'sparsity.prune_ratio'
+    """
+    match = re.search(r"argument '([A-Za-z_]+)'", message)
+    return _CONTROLLER_ARGS.get(match.group(1), "sparsity") if match else "sparsity"
 
 
 def build_frozen_subset(cfg: Config, model: nn.Module) -> Any | None:
@@ -169,7 +192,8 @@ def build_components(cfg: Config, log: Log = print) -> Components:
         params=trainable_params(optimizer),
         schedule=LRSchedule(t.learning_rate, total, warmup_steps_from(t.lr_warmup, total),
                             t.lr_schedule),
-        scaler=build_loss_scaler(precision, t.loss_scaling, t.auto_loss_scaling),
+        scaler=build_loss_scaler(precision, t.loss_scaling, t.auto_loss_scaling,
+                                 t.loss_scaling_growth_interval),
         controller=build_controller(cfg, core, None if ipu else optimizer, total),
         frozen=build_frozen_subset(cfg, core), train_loader=train, eval_dataset=held_out,
         total_steps=total, sequences_per_step=t.micro_batch_size * t.gradient_accumulation

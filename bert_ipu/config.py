@@ -25,6 +25,7 @@ divisibility is only checked for sparse methods.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -140,26 +141,18 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 def to_data_spec(cfg: Config) -> Any:
     """`bert_ipu.data.spec.DataSpec` from the `data` section: every DataSpec field that
-    the section has is passed on (the others keep DataSpec's defaults). A list goes to
-    a single-valued DataSpec field only when it has one entry; the data stage's own
-    checks become ConfigError naming `data`."""
+    the section has is passed on (the others keep DataSpec's defaults); lists become
+    tuples. The data stage's own checks become ConfigError naming the field."""
     from bert_ipu.data.spec import DataSpec  # the data stage is imported only when used
 
     values = config_to_dict(cfg)["data"]
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(DataSpec):
-        if not f.init or f.name not in values:
-            continue
-        value = values[f.name]
-        if isinstance(value, list):
-            if str(f.type).startswith("tuple"):
-                value = tuple(value)
-            else:
-                _need(len(value) <= 1, f"data.{f.name}", "one entry (this data stage reads "
-                      "a single dataset)", value)
-                value = value[0] if value else None
-        kwargs[f.name] = value
+    kwargs = {f.name: tuple(values[f.name]) if isinstance(values[f.name], list)
+              else values[f.name] for f in dataclasses.fields(DataSpec)
+              if f.init and f.name in values}
     try:
         return DataSpec(**kwargs)
     except ValueError as err:
-        raise ConfigError(f"data: {err}", "data", "values the data stage accepts", None) from err
+        match = re.match(r"DataSpec\.(\w+)", str(err))
+        path = f"data.{match.group(1)}" if match else "data"
+        raise ConfigError(f"{path}: {err}", path, "values the data stage accepts",
+                          None) from err

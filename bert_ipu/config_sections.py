@@ -172,12 +172,12 @@ class DataConfig:
     """source=hf: `datasets` names, builders or local paths (several are concatenated)."""
     hf_name: tuple[str | None, ...] = ()
     """source=hf: configuration names, one per hf_path (empty: none)."""
-    hf_split: str = "train"
-    """source=hf: split to read from every dataset."""
-    hf_text_column: str = "text"
-    """source=hf: column holding the document text."""
+    hf_split: tuple[str, ...] = ("train",)
+    """source=hf: split to read: one for every dataset, or one per hf_path."""
+    hf_text_column: tuple[str, ...] = ("text",)
+    """source=hf: column holding the document text: one for all, or one per hf_path."""
     hf_data_files: tuple[str, ...] = ()
-    """source=hf: data files for a builder such as `text` or `json`."""
+    """source=hf: data files for a builder such as `text` or `json` (one hf_path only)."""
     vocab_file: str | None = None
     """WordPiece vocab.txt to use; null trains one on the corpus."""
     vocab_size: int = 30522
@@ -227,8 +227,16 @@ class DataConfig:
               "at least one file or glob with data.source='files'", self.input_files)
         _need(self.source != "hf" or len(self.hf_path) > 0, "data.hf_path",
               "at least one dataset with data.source='hf'", self.hf_path)
-        _need(len(self.hf_name) in (0, len(self.hf_path)), "data.hf_name",
-              f"empty or one entry per data.hf_path ({len(self.hf_path)})", self.hf_name)
+        n = len(self.hf_path)
+        _need(len(self.hf_name) in (0, n), "data.hf_name",
+              f"empty or one entry per data.hf_path ({n})", self.hf_name)
+        for name in ("hf_split", "hf_text_column"):
+            _need(len(getattr(self, name)) == 1 or len(getattr(self, name)) == n,
+                  f"data.{name}", f"one entry, or one per data.hf_path ({n})",
+                  getattr(self, name))
+        _need(len(self.hf_data_files) == 0 or n <= 1, "data.hf_data_files",
+              f"empty with several data.hf_path entries ({n}): data files belong to one "
+              "builder", self.hf_data_files)
 
 
 @dataclass(frozen=True)
@@ -266,6 +274,8 @@ class TrainingConfig:
     """fp16 static loss scale (the initial scale when auto_loss_scaling)."""
     auto_loss_scaling: bool = False
     """fp16 dynamic loss scaling: overflowing steps are skipped, the scale backs off."""
+    loss_scaling_growth_interval: int = 2000
+    """Dynamic loss scaling: the scale doubles after this many consecutive good steps."""
     max_nonfinite_steps: int = 10
     """Consecutive non-finite losses tolerated before the run stops."""
     seed: int = 42
@@ -293,6 +303,7 @@ class TrainingConfig:
             "adam_eps": (_pos, "a number > 0"),
             "max_grad_norm": (_nonneg, "a number >= 0"),
             "loss_scaling": (_pos, "a number > 0"),
+            "loss_scaling_growth_interval": (_pos, "an integer > 0"),
             "max_nonfinite_steps": (_nonneg, "an integer >= 0"),
             "seed": (_seed, "an integer in [0, 2**63 - 1]"),
             "layers_per_ipu": (lambda v: len(v) > 0 and all(n >= 0 for n in v),

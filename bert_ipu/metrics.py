@@ -6,12 +6,15 @@ them unconditionally.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
 
 # Fields that measure wall time; they differ between two otherwise identical runs.
 TIMING_FIELDS = ("sequences_per_second", "update_time_s", "elapsed_s", "step_time_s")
@@ -52,9 +55,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _open_tensorboard(folder: Path) -> Any:
+    """A SummaryWriter on `folder`, or None (with one log line) when tensorboard is not
+    installed or cannot be imported: it is optional, metrics.jsonl has everything."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install
+        log.info("logging.tensorboard: tensorboard is not available (%s: %s); metrics go to "
+                 "metrics.jsonl only", type(exc).__name__, exc)
         return None
     return SummaryWriter(log_dir=str(folder))
 

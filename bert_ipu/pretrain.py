@@ -78,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_DIVERGED
     except user as exc:
-        _error(str(exc))
+        # The data stage names its own fields (DataSpec.input_files); the user wrote them
+        # in the config's data section.
+        _error(str(exc).replace("DataSpec.", "data."))
         return EXIT_USAGE
     except KeyboardInterrupt:
         _error("interrupted before a checkpoint could be saved (during set-up, or by a "

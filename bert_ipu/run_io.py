@@ -42,19 +42,26 @@ class RunOutputs:
 
 
 def prepare_outputs(cfg: Config, resume_command: str | None = None) -> RunOutputs:
-    """Check that the output and checkpoint folders are writable (before any work is
-    done) and write the resolved config.yaml (rank 0 only)."""
+    """Check that the output and checkpoint folders are writable, before any work is
+    done (rank 0 only). Nothing is written yet: a run that then stops on bad input
+    (data, vocabulary, checkpoint) leaves an earlier run's files as they were;
+    `write_config` writes config.yaml once the run is set up."""
     out = Path(cfg.output_dir)
     ckpt = Path(cfg.checkpoint.checkpoint_output_dir)
     if int(os.environ.get("RANK", 0)) == 0:
         ck.check_writable(out, "output_dir")
         ck.check_writable(ckpt, "checkpoint.checkpoint_output_dir")
-        save_config(cfg, out / "config.yaml")
     if resume_command is None:  # the saved config.yaml is self-contained
         resume_command = shlex.join([
             "python", "-m", "bert_ipu.pretrain", "--config", str(out / "config.yaml"),
             "checkpoint.resume_training_from_checkpoint=latest"])
     return RunOutputs(out, ckpt, resume_command)
+
+
+def write_config(cfg: Config, out: RunOutputs) -> None:
+    """The resolved config.yaml of this run (rank 0), written after set-up and resume."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        save_config(cfg, out.output_dir / "config.yaml")
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -64,17 +71,10 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def batch_stream(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches, epoch after epoch. Each batch is fetched with torch's global RNG
-    forked, so a DataLoader seeding its workers cannot shift the dropout stream (which
-    would break bit-identical resume)."""
+    """Endless batches, epoch after epoch (the loader never touches torch's global RNG,
+    which drives dropout: see PretrainingLoader.worker_generator)."""
     while True:
-        iterator = iter(loader)
-        while True:
-            with torch.random.fork_rng(devices=[]):
-                batch = next(iterator, None)
-            if batch is None:
-                break
-            yield batch
+        yield from loader
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -135,20 +135,26 @@ def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
     return ck.CheckpointId(state.step, state.micro_step)
 
 
+RUN_FILES = ("metrics.jsonl", "config.yaml", "eval.json", "summary.json")
+
+
 def archive_earlier_run(out: RunOutputs) -> Path | None:
-    """A fresh start in a folder that holds an earlier run's checkpoints moves them
-    (and its metrics.jsonl) to `checkpoints/previous-<time>/`, so `latest` can never
-    mix the two runs and nothing saved is lost."""
+    """A fresh start in a folder that holds an earlier run's checkpoints or metrics
+    moves them (with its config.yaml, eval.json, summary.json) to
+    `checkpoints/previous-<time>/`, so `latest` can never mix the two runs and nothing
+    saved is lost or overwritten."""
     found = ck.list_checkpoints(out.checkpoint_dir)
-    if not found:
+    files = [out.output_dir / name for name in RUN_FILES]
+    if not found and not files[0].exists():
         return None
-    archive = out.checkpoint_dir / time.strftime("previous-%Y%m%d-%H%M%S")
-    archive.mkdir()
-    for _, path in found:
+    stamp = time.strftime("previous-%Y%m%d-%H%M%S")
+    archive, n = out.checkpoint_dir / stamp, 0
+    while archive.exists():  # two fresh starts within one second
+        n += 1
+        archive = out.checkpoint_dir / f"{stamp}-{n}"
+    archive.mkdir(parents=True)
+    for path in [p for _, p in found] + [f for f in files if f.exists()]:
         path.rename(archive / path.name)
-    metrics = out.output_dir / "metrics.jsonl"
-    if metrics.exists():
-        metrics.rename(archive / metrics.name)
     log.warning("%s held checkpoints of an earlier run; this run starts from scratch and "
                 "moved them to %s (to continue that run instead, use checkpoint."
                 "resume_training_from_checkpoint=latest)", out.checkpoint_dir, archive)

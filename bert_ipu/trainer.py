@@ -100,6 +100,7 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
     """Restore a checkpoint when asked, then open metrics and the progress bar."""
     state = TrainState()
     resumed = run_io.maybe_resume(c, state, out, log)
+    run_io.write_config(c.cfg, out)
     main = c.dist.is_main
     metrics = MetricsWriter(out.output_dir, main, c.cfg.logging.tensorboard)
     # Records past the resumed step come from the interrupted run and are logged again;

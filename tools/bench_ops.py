@@ -1,15 +1,29 @@
 """Benchmark SparseLinear kernels against dense nn.Linear (fwd + bwd), pattern updates, memory.
 
-    python tools/bench_ops.py [--device cpu|cuda] [--quick] [--json PATH]
+    python tools/bench_ops.py [--device cpu|cuda] [--suite linear|kernels|all] [--quick] [--json PATH]
 
-Each row is one layer case; backend cells read ``ratio (ms)`` where ratio = time /
-dense nn.Linear time at the same dtype, measured in the same run (interleaved,
-median). ``>Nx`` = slower than N x dense in warm-up, not timed further; ``n/a`` =
-backend does not support the case; ``skip`` = not timed in --quick (gather_bmm at
-B = 1: over 100x dense in the full run). ``update`` = one DynSp pattern update of the
-layer (prune + regrow + AdamW state remap); ``mem`` = persistent bytes (values +
-bias + int64 indices + 2 fp32 Adam moments) relative to dense (weight + bias + moments).
-The full grid (no --quick) takes hours on a 2-core CPU; narrow it with the options.
+Two suites; every ratio compares variants measured in the same run.
+
+``linear`` (default on CPU): each row is one layer case; backend cells read
+``ratio (ms)`` where ratio = time / dense nn.Linear time at the same dtype, measured
+in the same run (interleaved, median). ``>Nx`` = slower than N x dense in warm-up, not
+timed further; ``n/a`` = backend does not support the case; ``skip`` = not timed in
+--quick (gather_bmm at B = 1: over 100x dense in the full run). ``update`` = one
+DynSp pattern update of the layer (prune + regrow + AdamW state remap); ``mem`` =
+persistent bytes (values + bias + int64 indices + 2 fp32 Adam moments) relative to
+dense (weight + bias + moments). The full grid (no --quick) takes hours on a 2-core
+CPU; narrow it with the options.
+
+``kernels`` (default with --device cuda; CUDA only): per BERT layer shape (HxH, fused
+QKV 3HxH, FFN 4HxH and Hx4H; H = 768), N in {4096, 16384} and B in {16, 8}, the
+fwd+bwd time (forward, grad-input, grad-values) of this package's Triton kernels
+against dense cuBLAS (nn.Linear) and torch.sparse BSR (``bsr_dense_addmm``), with
+CUDA events (`sparse_ops.kernels.triton_bench.bench_cuda_layer`), and the achieved
+fraction of the memory-bound roofline (`sparse_ops.kernels.roofline`; 1.0 = at the
+bound). ``x dense`` and ``x t.sparse`` are speed-ups (> 1: Triton is faster).
+
+Results also go to JSON (default ``runs/bench/bench_ops_<device>.json``). Without
+CUDA, ``--device cuda`` prints one line and exits 0.
 """
 from __future__ import annotations
 
@@ -17,6 +31,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,22 +40,29 @@ import torch  # noqa: E402
 from sparse_ops import bench  # noqa: E402
 
 BACKENDS = ("auto", "dense", "bsr", "gather_bmm")
+LINEAR_SHAPES = ("HxH", "3HxH", "4HxH", "Hx4H")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--suite", choices=("linear", "kernels", "all"),
+                   help="linear: SparseLinear backends vs nn.Linear; kernels: Triton vs cuBLAS vs "
+                        "torch.sparse on CUDA (default: kernels with --device cuda, else linear)")
     p.add_argument("--quick", action="store_true", help="small subset (~2-3 min on 2 CPU cores)")
-    p.add_argument("--json", type=Path, help="also write all rows and the machine as JSON here")
+    p.add_argument("--json", type=Path, help="write all rows and the machine as JSON here "
+                   "(default: runs/bench/bench_ops_<device>.json)")
     p.add_argument("--hidden", type=int, nargs="+", help="H values (default: grid)")
     p.add_argument("--tokens", type=int, nargs="+", help="N values (default: grid)")
     p.add_argument("--sparsity", type=float, nargs="+", help="sparsity values (default: grid)")
     p.add_argument("--block-sizes", type=int, nargs="+", help="B values (default: grid)")
-    p.add_argument("--amp", nargs="+", choices=("fp32", "bf16", "fp16"), help="dtypes (default: grid)")
-    p.add_argument("--shapes", nargs="+", choices=("HxH", "4HxH", "Hx4H"), help="layer shapes")
+    p.add_argument("--amp", nargs="+", choices=tuple(DTYPES), help="dtypes (default: grid; kernels: bf16)")
+    p.add_argument("--shapes", nargs="+", choices=LINEAR_SHAPES,
+                   help="layer shapes (default: linear HxH 4HxH Hx4H; kernels all four)")
     p.add_argument("--backends", nargs="+", help=f"SparseLinear backends (default: {' '.join(BACKENDS)}"
                    f" + triton on CUDA)")
-    p.add_argument("--repeats", type=int, help="timed rounds per case (default 5, quick 3)")
+    p.add_argument("--repeats", type=int, help="timed rounds per case (default 5, quick 3; kernels 20)")
     p.add_argument("--cap", type=float, default=20.0, help="stop timing a backend slower than CAP x dense")
     return p.parse_args(argv)
 
@@ -53,12 +75,8 @@ def _cell(t: float | None, dense: float | None, timed: bool | str) -> str:
     return f"{t / dense:5.2f}x ({t:7.1f})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench_ops: --device cuda requested but CUDA is not available; nothing to do.")
-        return 0
-    device = torch.device(args.device)
+def run_linear(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """The SparseLinear suite: prints one line per case as it goes; returns the rows."""
     grid = dict(bench.QUICK_GRID if args.quick else bench.FULL_GRID)
     for key in ("hidden", "tokens", "sparsity", "block_sizes", "amp"):
         if getattr(args, key) is not None:
@@ -66,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     shapes = tuple(args.shapes or ("HxH", "4HxH", "Hx4H"))
     backends = list(args.backends or (BACKENDS + (("triton",) if device.type == "cuda" else ())))
     repeats = args.repeats or (3 if args.quick else 5)
-    info = bench.machine_info(device)
-    print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
     header = ["H", "shape", "N", "s", "B", "amp", "dense ms"] + backends + ["update ms", "mem"]
     print(" | ".join(header))
     rows, updates, mems = [], {}, {}
@@ -90,9 +106,73 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         rows.append(dict(case=case.__dict__, ms=times, update_ms=updates[key],
                          sparse_bytes=mems[key][0], dense_bytes=mems[key][1]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    return rows
+
+
+KERNEL_HEADER = ["shape", "role", "N", "s", "B", "dtype", "dense ms", "t.sparse ms", "triton ms",
+                 "x dense", "x t.sparse", "roofline ms", "roofline frac", "bound x", "fwd rel err"]
+
+
+def kernel_row_cells(case: bench.KernelCase, dtype: str, r: dict[str, Any]) -> list[str]:
+    """Table cells of one kernel case from `bench_cuda_layer`'s result (or its ``error``)."""
+    head = [case.shape_name, bench.KERNEL_SHAPE_ROLES[case.shape_name], str(case.n_tokens),
+            f"{case.sparsity:g}", str(case.block_size), dtype]
+    if "error" in r:
+        return head + [f"error: {r['error']}"] + [""] * (len(KERNEL_HEADER) - len(head) - 1)
+
+    def num(key: str, fmt: str) -> str:
+        return format(r[key], fmt) if isinstance(r.get(key), (int, float)) else "n/a"
+    return head + [num("dense_ms", ".3f"), num("torch_sparse_ms", ".3f"), num("triton_ms", ".3f"),
+                   num("speedup_vs_dense", ".2f"), num("speedup_vs_torch_sparse", ".2f"),
+                   num("roofline_ms", ".3f"), num("roofline_fraction", ".2f"),
+                   num("speedup_bound", ".2f"), num("triton_forward_rel_err", ".1e")]
+
+
+def run_kernels(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The CUDA kernel suite (bench_cuda_layer per case); prints the table at the end."""
+    from sparse_ops.kernels.triton_bench import bench_cuda_layer
+
+    grid = dict(bench.KERNEL_GRID)
+    for key in ("hidden", "tokens", "sparsity", "block_sizes"):
+        if getattr(args, key) is not None:
+            grid[key] = tuple(getattr(args, key))
+    dtypes = [a for a in (args.amp or ["bf16"]) if a != "fp32"] or ["bf16"]
+    rows, cells = [], []
+    for case in bench.kernel_cases(shapes=tuple(args.shapes or LINEAR_SHAPES), **grid):
+        for amp in dtypes:
+            try:
+                r = bench_cuda_layer(case.shape, case.n_tokens, case.sparsity, case.block_size,
+                                     DTYPES[amp], iters=args.repeats or 20)
+            except Exception as exc:  # one failing case (e.g. no triton) must not hide the rest
+                r = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            print(f"{case.shape_name} N={case.n_tokens} B={case.block_size} {amp}: done", flush=True)
+            rows.append({"case": {**case.__dict__, "dtype": amp}, **r})
+            cells.append(kernel_row_cells(case, amp, r))
+    print(bench.format_table(KERNEL_HEADER, cells))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_ops: --device cuda requested but CUDA is not available; nothing to do.")
+        return 0
+    device = torch.device(args.device)
+    suite = args.suite or ("kernels" if device.type == "cuda" else "linear")
+    if suite != "linear" and device.type != "cuda":
+        print(f"bench_ops: --suite {suite} needs --device cuda (Triton kernels vs cuBLAS); nothing to do.")
+        return 0
+    info = bench.machine_info(device)
+    print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
+    out: dict[str, Any] = {"machine": info, "device": device.type, "suite": suite}
+    if suite in ("linear", "all"):
+        out["rows"] = run_linear(args, device)
+    if suite in ("kernels", "all"):
+        out["kernel_rows"] = run_kernels(args)
+    path = args.json or Path("runs/bench") / f"bench_ops_{device.type}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
     return 0
 
 

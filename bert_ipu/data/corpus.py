@@ -5,9 +5,9 @@
     for sentences in corpus.documents(): ...   # every call is a fresh, identical pass
 
 Sources: `builtin` (stdlib documentation, see stdlib_docs.py), `files` (plain text files,
-globs or folders; binary and non-UTF-8 files skipped with a count), `hf` (a Hugging Face
-`datasets` dataset by name / config / split, a builder with data files, or a local folder
-saved with `save_to_disk`). Every bad input raises `DataError` naming the thing.
+globs or folders; binary and non-UTF-8 files skipped with a count), `hf` (one or several
+Hugging Face `datasets` datasets, concatenated; see hf.py). Every bad input raises
+`DataError` naming the thing.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bert_ipu.data import stdlib_docs
+from bert_ipu.data.hf import ConcatCorpus, HFCorpus, open_hf_corpus
 from bert_ipu.data.spec import DataError, DataSpec
-from bert_ipu.data.text import iter_documents, parse_documents, sentences_of
+from bert_ipu.data.text import parse_documents, sentences_of
 
 Document = list[str]
 Log = Callable[[str], None]
@@ -154,86 +155,14 @@ def _list_skipped(skipped: list[tuple[Path, str]], limit: int = 5) -> str:
     return shown + (f", ... {len(skipped) - limit} more" if len(skipped) > limit else "")
 
 
-# ----------------------------------------------------------------------------- hf
-def _load_hf(spec: DataSpec) -> Any:
-    """The `datasets.Dataset` named by spec.hf_* (DataError naming the field on failure)."""
-    import datasets
-
-    path = Path(os.path.expanduser(spec.hf_path or ""))
-    where = f"hf_path={spec.hf_path!r}, hf_name={spec.hf_name!r}, hf_split={spec.hf_split!r}"
-    try:
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            ds = datasets.load_from_disk(str(path))
-            if isinstance(ds, datasets.DatasetDict):
-                if spec.hf_split not in ds:
-                    raise DataError(f"DataSpec.hf_split: expected one of {sorted(ds)} for "
-                                    f"{spec.hf_path!r}, got {spec.hf_split!r}")
-                ds = ds[spec.hf_split]
-            return ds
-        files = list(spec.hf_data_files) or None
-        return datasets.load_dataset(spec.hf_path, spec.hf_name, split=spec.hf_split,
-                                     data_files=files)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - datasets raises many types; name the input
-        raise DataError(f"DataSpec.hf_path: could not load the dataset ({where}): "
-                        f"{type(err).__name__}: {err}") from err
-
-
-class HFCorpus(Corpus):
-    """Rows of a Hugging Face dataset: one document per row, or lines of one text."""
-
-    def __init__(self, spec: DataSpec, log: Log = print) -> None:
-        self.spec = spec
-        self.ds = _load_hf(spec)
-        if spec.hf_text_column not in self.ds.column_names:
-            raise DataError(f"DataSpec.hf_text_column: expected one of "
-                            f"{self.ds.column_names} in {spec.hf_path!r}, "
-                            f"got {spec.hf_text_column!r}")
-        self.log = log
-        self.non_text_rows = 0
-        self.description = (f"Hugging Face dataset {spec.hf_path!r} ({spec.hf_name}, "
-                            f"split {spec.hf_split}, {len(self.ds)} rows)")
-
-    def identity(self) -> dict[str, Any]:
-        s = self.spec
-        return {"source": "hf", "path": s.hf_path, "name": s.hf_name, "split": s.hf_split,
-                "column": s.hf_text_column, "data_files": list(s.hf_data_files),
-                "format": s.format, "rows": len(self.ds),
-                "fingerprint": getattr(self.ds, "_fingerprint", None)}
-
-    def _rows(self) -> Iterator[str]:
-        self.non_text_rows = 0
-        column = self.ds.select_columns([self.spec.hf_text_column])
-        for batch in column.iter(batch_size=1000):
-            for value in batch[self.spec.hf_text_column]:
-                if isinstance(value, str):
-                    yield value
-                else:
-                    self.non_text_rows += 1
-
-    def documents(self) -> Iterator[Document]:
-        if self.spec.format in ("blank_line", "wikitext"):
-            lines = (line for row in self._rows() for line in (row.splitlines() or [""]))
-            yield from iter_documents(lines, self.spec.format)
-        else:
-            for row in self._rows():
-                sentences = sentences_of(row.splitlines())
-                if sentences:
-                    yield sentences
-        if self.non_text_rows:
-            self.log(f"data: skipped {self.non_text_rows} row(s) of {self.spec.hf_path!r} "
-                     f"whose {self.spec.hf_text_column!r} is not a string")
-
-
 def open_corpus(spec: DataSpec, log: Log = print) -> Corpus:
     """The corpus named by `spec.source` (DataError on a missing or unreadable source)."""
     if spec.source == "builtin":
         return BuiltinCorpus()
     if spec.source == "files":
         return FilesCorpus(spec, log)
-    return HFCorpus(spec, log)
+    return open_hf_corpus(spec, log)
 
 
-__all__ = ["Corpus", "BuiltinCorpus", "FilesCorpus", "HFCorpus", "open_corpus",
+__all__ = ["Corpus", "BuiltinCorpus", "FilesCorpus", "HFCorpus", "ConcatCorpus", "open_corpus",
            "resolve_input_files", "read_text_file"]

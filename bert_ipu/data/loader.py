@@ -20,6 +20,8 @@ import torch
 from bert_ipu.data.dataset import PretrainingDataset
 from bert_ipu.data.masking import ORDER_STREAM, counter_uniforms
 
+WORKER_STREAM = 5  # counter_uniforms stream of the DataLoader worker seeds
+
 _STATE_CHECKED = ("seed", "num_samples", "batch_size", "world_size", "shuffle", "drop_last")
 
 
@@ -28,7 +30,8 @@ class PretrainingLoader:
 
     Iterating yields the rest of the current epoch; the position moves to (epoch + 1, 0) as
     the epoch's last batch is yielded, so the next iteration is the next epoch.
-    num_workers > 0 builds batches in DataLoader worker processes (same batches).
+    num_workers > 0 builds batches in DataLoader worker processes (same batches; the
+    workers are seeded from a dedicated generator, never from torch's global RNG).
     """
 
     def __init__(self, dataset: PretrainingDataset, batch_size: int, *, seed: int = 0,
@@ -86,10 +89,18 @@ class PretrainingLoader:
         else:
             source = torch.utils.data.DataLoader(
                 _EpochBatches(self.dataset, batches, epoch), batch_size=None,
-                shuffle=False, num_workers=self.num_workers)
+                shuffle=False, num_workers=self.num_workers,
+                generator=self.worker_generator(epoch))
         for k, batch in enumerate(source, start + 1):
             self._advance(epoch, k)  # before the yield: the state counts this batch
             yield batch
+
+    def worker_generator(self, epoch: int) -> torch.Generator:
+        """The generator DataLoader draws its worker seeds from, keyed by (seed, epoch,
+        rank). Without it DataLoader draws them from torch's global RNG, which would
+        shift the dropout stream and break bit-identical resume."""
+        key = counter_uniforms(self.seed, WORKER_STREAM, epoch, np.array([self.rank]), 1)
+        return torch.Generator().manual_seed(int(key[0, 0] * 2**53))
 
     def _advance(self, epoch: int, consumed: int) -> None:
         """Record `consumed` batches of `epoch`; a finished epoch becomes (epoch + 1, 0)."""

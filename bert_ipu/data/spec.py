@@ -38,17 +38,17 @@ class DataSpec:
     format: str = "auto"
     """Layout of a text: auto | file (one document) | blank_line | wikitext. For hf: auto /
     file = one document per row; blank_line / wikitext = rows are lines of one text."""
-    hf_path: str | None = None
-    """source=hf: hub name ("wikipedia"), builder ("text", "json") or a local folder
-    (a `save_to_disk` dataset or data files)."""
-    hf_name: str | None = None
-    """source=hf: configuration name (e.g. "20220301.en")."""
-    hf_split: str = "train"
-    """source=hf: split to read."""
-    hf_text_column: str = "text"
-    """source=hf: column holding the text."""
+    hf_path: tuple[str, ...] = ()
+    """source=hf: datasets, read one after the other: hub names ("wikimedia/wikipedia"),
+    builders ("text", "json") or local folders (`save_to_disk`). A str means one."""
+    hf_name: tuple[str | None, ...] = ()
+    """source=hf: configuration names ("20231101.en"), one per hf_path (empty: none)."""
+    hf_split: tuple[str, ...] = ("train",)
+    """source=hf: split to read: one for every dataset, or one per hf_path."""
+    hf_text_column: tuple[str, ...] = ("text",)
+    """source=hf: column holding the text: one for every dataset, or one per hf_path."""
     hf_data_files: tuple[str, ...] = ()
-    """source=hf: data files for a builder such as "text" or "json"."""
+    """source=hf: data files for a builder such as "text" or "json" (one hf_path only)."""
     vocab_file: str | None = None
     """WordPiece vocab.txt; None trains a vocabulary of `vocab_size` on the corpus."""
     vocab_size: int = 30522
@@ -77,9 +77,12 @@ class DataSpec:
     """Check the sha256 of every cache file when loading (else sizes and structure only)."""
 
     def __post_init__(self) -> None:
-        for name in ("input_files", "hf_data_files"):  # lists from YAML are welcome
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in _TUPLES:  # lists from YAML are welcome; a single value means one
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+            elif isinstance(value, str) or (name == "hf_name" and value is None):
+                object.__setattr__(self, name, () if value is None else (value,))
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
         _choice("source", self.source, SOURCES)
@@ -97,9 +100,51 @@ class DataSpec:
         if self.source == "files" and not self.input_files:
             raise DataError("DataSpec.input_files: expected at least one file, glob or "
                             "folder with source='files', got ()")
-        if self.source == "hf" and not self.hf_path:
+        if self.source == "hf":
+            self._check_hf()
+
+    def _check_hf(self) -> None:
+        n = len(self.hf_path)
+        if n == 0:
             raise DataError("DataSpec.hf_path: expected a dataset name or local path with "
                             f"source='hf', got {self.hf_path!r}")
+        for name, allowed in (("hf_name", (0, n)), ("hf_split", (1, n)),
+                              ("hf_text_column", (1, n))):
+            if len(getattr(self, name)) not in allowed:
+                raise DataError(f"DataSpec.{name}: expected {' or '.join(map(str, allowed))} "
+                                f"entries (hf_path has {n}), got {getattr(self, name)!r}")
+        if self.hf_data_files and n != 1:
+            raise DataError(f"DataSpec.hf_data_files: expected a single hf_path (data files "
+                            f"belong to one builder), got {n} datasets {self.hf_path!r}")
+
+    def hf_sources(self) -> tuple[HFSource, ...]:
+        """One HFSource per hf_path, single-valued fields broadcast.
+
+        >>> [s.name for s in DataSpec(source="hf", hf_path=("a", "b")).hf_sources()]
+        [None, None]
+        """
+        n = len(self.hf_path)
+
+        def each(values: tuple) -> tuple:
+            return values * n if len(values) == 1 else values
+
+        names = self.hf_name or (None,) * n
+        return tuple(HFSource(p, nm, sp, col, self.hf_data_files) for p, nm, sp, col in zip(
+            self.hf_path, names, each(self.hf_split), each(self.hf_text_column)))
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """One Hugging Face dataset of DataSpec.hf_*."""
+
+    path: str
+    name: str | None
+    split: str
+    text_column: str
+    data_files: tuple[str, ...] = ()
+
+
+_TUPLES = ("input_files", "hf_data_files", "hf_path", "hf_name", "hf_split", "hf_text_column")
 
 
 _TYPES: dict[str, Any] = {
@@ -111,6 +156,8 @@ _TYPES: dict[str, Any] = {
 def _check_type(name: str, value: Any, annotation: Any) -> None:
     if annotation == "tuple[str, ...]":
         ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    elif annotation == "tuple[str | None, ...]":
+        ok = isinstance(value, tuple) and all(v is None or isinstance(v, str) for v in value)
     else:
         want = _TYPES[annotation]
         ok = isinstance(value, want) and not (

@@ -119,6 +119,10 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_earlier(tiny_data, 
     assert "no space left on device" in line and "step_00000004" in line
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
     ck.verify_checkpoint(out / "checkpoints" / "step_00000002")
+    monkeypatch.undo()  # space again: `latest` continues from the intact checkpoint
+    assert main(args + ["checkpoint.resume_training_from_checkpoint=latest"]) == 0
+    assert [r["step"] for r in load_metrics(out) if r["step"] > 0] == [1, 2, 3, 4, 5, 6]
+    assert ck.find_latest(out / "checkpoints").name == "step_00000006"
 
 
 def test_resume_command_replaces_an_earlier_resume_override():
@@ -144,6 +148,7 @@ def test_fresh_start_over_an_earlier_run_archives_it(tiny_data, tmp_path, caplog
     assert main(args) == 0
     archived = list((out / "checkpoints").glob("previous-*"))
     assert len(archived) == 1 and "moved them to" in caplog.text
-    assert {p.name for p in archived[0].iterdir()} == {"step_00000002", "metrics.jsonl"}
+    assert {p.name for p in archived[0].iterdir()} == {
+        "step_00000002", "metrics.jsonl", "config.yaml", "eval.json", "summary.json"}
     assert ck.find_latest(out / "checkpoints").name == "step_00000002"
     assert [r["step"] for r in load_metrics(out)] == [0, 1, 2]

@@ -134,6 +134,7 @@ def test_wrong_types(override, path, words):
     ("sparsity.end_fraction=0", "sparsity.end_fraction"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
     ("logging.log_steps=0", "logging.log_steps"),
+    ("training.loss_scaling_growth_interval=0", "training.loss_scaling_growth_interval"),
 ])
 def test_out_of_range_values(override, path):
     err = error_of([override])
@@ -194,6 +195,10 @@ def test_data_source_needs_its_inputs():
     assert error_of(["data.source=hf"]).path == "data.hf_path"
     err = error_of(["data.source=hf", "data.hf_path=[a, b]", "data.hf_name=[x]"])
     assert err.path == "data.hf_name"
+    for key, value in (("hf_split", "[train, test, dev]"), ("hf_text_column", "[]"),
+                       ("hf_data_files", "[x.json]")):
+        err = error_of(["data.source=hf", "data.hf_path=[a, b]", f"data.{key}={value}"])
+        assert err.path == f"data.{key}" and "data.hf_path" in str(err)
     cfg = load_config(None, ["data.source=files", "data.input_files=corpus/*.txt"])
     assert cfg.data.input_files == ("corpus/*.txt",)
 
@@ -317,7 +322,12 @@ def test_to_data_spec_maps_the_data_section():
     assert (spec.seed, spec.mask_tokens, spec.source) == (5, 7, "files")
     one = to_data_spec(load_config(None, ["data.source=hf", "data.hf_path=wikitext",
                                           "data.hf_name=wikitext-2-raw-v1"]))
-    assert (one.hf_path, one.hf_name) == ("wikitext", "wikitext-2-raw-v1")
+    assert (one.hf_path, one.hf_name) == (("wikitext",), ("wikitext-2-raw-v1",))
+    two = to_data_spec(load_config(None, ["data.source=hf", "data.hf_path=[a, b]",
+                                          "data.hf_name=[x, null]",
+                                          "data.hf_text_column=[text, body]"]))
+    assert [(s.path, s.name, s.split, s.text_column) for s in two.hf_sources()] == [
+        ("a", "x", "train", "text"), ("b", None, "train", "body")]
 
 
 # ---------------------------------------------------------------- property: only ConfigError

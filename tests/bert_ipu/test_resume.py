@@ -67,3 +67,40 @@ def test_a_resume_of_a_finished_run_changes_nothing(continuous, tiny_data, tmp_p
     run_tiny(corpus, tmp_path, cache, **SETTINGS,
              **{"checkpoint.resume_training_from_checkpoint": "latest"})
     assert load_metrics(tmp_path) == before
+
+
+def test_loader_workers_never_touch_the_global_rng(tiny_data, tmp_path):
+    """DataLoader seeds its workers from a dedicated generator: the global torch RNG
+    (dropout) moves exactly as without workers."""
+    from bert_ipu.config import load_config, to_data_spec
+    from bert_ipu.data import PretrainingLoader, build_datasets
+    from tests.bert_ipu.tiny_run import tiny_overrides
+
+    corpus, cache = tiny_data
+    spec = to_data_spec(load_config(None, tiny_overrides(corpus, tmp_path, cache)))
+    train, _, _ = build_datasets(spec, log=lambda s: None)
+    plain = list(PretrainingLoader(train, 8, seed=1))
+    loader = PretrainingLoader(train, 8, seed=1, num_workers=1)
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+    workers = list(loader)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert len(workers) == len(plain) and all(
+        torch.equal(a[k], b[k]) for a, b in zip(plain, workers) for k in a)
+    seeds = [loader.worker_generator(e).initial_seed() for e in (0, 0, 1)]
+    assert seeds[0] == seeds[1] != seeds[2]
+
+
+def test_resume_equals_continuous_with_dataloader_workers(tiny_data, tmp_path):
+    corpus, cache = tiny_data
+    settings = {**SETTINGS, "data.num_workers": 1, "training.training_steps": 8}
+    run_tiny(corpus, tmp_path / "continuous", cache, **settings)
+    with pytest.raises(TrainingInterrupted):
+        run_tiny(corpus, tmp_path / "resumed", cache, hooks=TrainerHooks(stop_at=(3, 1)),
+                 **settings)
+    run_tiny(corpus, tmp_path / "resumed", cache, **settings,
+             **{"checkpoint.resume_training_from_checkpoint": "latest"})
+    assert strip_timing(load_metrics(tmp_path / "resumed")) == strip_timing(
+        load_metrics(tmp_path / "continuous"))
+    want, got = final_state(tmp_path / "continuous"), final_state(tmp_path / "resumed")
+    assert all(torch.equal(want[k], got[k]) for k in want)

@@ -64,19 +64,35 @@ def test_controller_runs_right_after_optimizer_step(tiny_data, tmp_path, monkeyp
 def test_fp16_overflow_is_skipped_backed_off_and_recovers(tiny_data, tmp_path):
     corpus, cache = tiny_data
     out = tmp_path / "run"
-    hooks = TrainerHooks(loss_multiplier=lambda t: 1e30 if t in (2, 3) else 1.0)
-    run_tiny(corpus, out, cache, hooks=hooks, **{
+    hooks = TrainerHooks(loss_multiplier=lambda t: 1e30 if t in (3, 4) else 1.0)
+    summary = run_tiny(corpus, out, cache, hooks=hooks, **{
         "training.precision": "fp16", "training.auto_loss_scaling": True,
-        "training.loss_scaling": 65536.0, "training.training_steps": 8,
-        "sparsity.n_updates": 1})
+        "training.loss_scaling": 65536.0, "training.loss_scaling_growth_interval": 3,
+        "training.training_steps": 10, "sparsity.n_updates": 1})
     steps = {r["step"]: r for r in load_metrics(out) if r["step"] > 0}
-    assert [steps[s]["skipped_steps"] for s in range(1, 9)] == [0, 0, 1, 2, 2, 2, 2, 2]
-    assert [steps[s]["loss_scale"] for s in (2, 3, 4, 8)] == [65536.0, 32768.0, 16384.0, 16384.0]
-    assert all(steps[s]["grad_norm"] is None for s in (3, 4))  # NaN is written as null
+    assert [steps[s]["skipped_steps"] for s in range(1, 11)] == [0, 0, 0, 1, 2, 2, 2, 2, 2, 2]
+    # grows after 3 good steps, halves at each overflow, then grows back every 3 good steps
+    assert [steps[s]["loss_scale"] for s in range(1, 11)] == [
+        2.0**16, 2.0**16, 2.0**17, 2.0**16, 2.0**15, 2.0**15, 2.0**15, 2.0**16, 2.0**16, 2.0**16]
+    assert all(steps[s]["grad_norm"] is None for s in (4, 5))  # NaN is written as null
     assert all(math.isfinite(steps[s]["grad_norm"]) and math.isfinite(steps[s]["loss"])
-               for s in (5, 6, 7, 8))
+               for s in (6, 7, 8, 9, 10))
+    assert summary["skipped_steps"] == 2 and summary["precision"] == "fp16"
     model = ck.load_checkpoint(ck.find_latest(out / "checkpoints"))["model.pt"]
     assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+
+
+def test_loss_scaling_growth_interval_reaches_the_scaler(tiny_data, tmp_path):
+    from bert_ipu.components import build_components
+    from bert_ipu.config import load_config
+    from tests.bert_ipu.tiny_run import tiny_overrides
+
+    corpus, cache = tiny_data
+    cfg = load_config(None, tiny_overrides(corpus, tmp_path, cache, **{
+        "training.precision": "fp16", "training.auto_loss_scaling": True,
+        "training.loss_scaling_growth_interval": 7}))
+    scaler = build_components(cfg, log=lambda s: None).scaler
+    assert (scaler.mode, scaler.growth_interval, scaler.scale) == ("dynamic", 7, 512.0)
 
 
 def test_static_fp16_loss_scale_stays_fixed(tiny_data, tmp_path):

@@ -1,0 +1,106 @@
+"""Run outputs: TensorBoard when installed (absent: clean fallback), the progress bar."""
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+import types
+
+import pytest
+
+from bert_ipu.metrics import MetricsWriter, Progress, read_jsonl
+from tests.bert_ipu.tiny_run import one_thread, run_tiny, tiny_data  # noqa: F401
+
+
+class FakeSummaryWriter:
+    """Records what a real torch.utils.tensorboard.SummaryWriter would write."""
+
+    instances: list["FakeSummaryWriter"] = []
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir, self.scalars, self.closed = log_dir, [], False
+        FakeSummaryWriter.instances.append(self)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_tensorboard(monkeypatch):
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = FakeSummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    FakeSummaryWriter.instances = []
+    return FakeSummaryWriter.instances
+
+
+def test_without_tensorboard_metrics_still_go_to_jsonl(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with caplog.at_level(logging.INFO, logger="bert_ipu.metrics"):
+        writer = MetricsWriter(tmp_path, tensorboard=True)
+    writer.log({"step": 1, "loss": 2.0})
+    writer.close()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 2.0}]
+    assert not (tmp_path / "tensorboard").exists()
+    assert "tensorboard is not available" in caplog.text
+
+
+def test_tensorboard_gets_every_numeric_field(tmp_path, fake_tensorboard):
+    writer = MetricsWriter(tmp_path, tensorboard=True)
+    writer.log({"step": 3, "loss": 1.5, "grad_norm": float("nan"), "note": "x",
+                "dof/encoder.layer.0": 0.25, "eval_mlm_loss": None})
+    writer.close()
+    (tb,) = fake_tensorboard
+    assert tb.log_dir == str(tmp_path / "tensorboard") and tb.closed
+    assert [(t, s) for t, _, s in tb.scalars] == [("loss", 3), ("grad_norm", 3),
+                                                 ("dof/encoder.layer.0", 3)]
+    assert MetricsWriter(tmp_path, enabled=False, tensorboard=True)._tb is None  # rank > 0
+    assert len(fake_tensorboard) == 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_trainer_writes_tensorboard_scalars_when_installed(tiny_data, tmp_path,
+                                                               fake_tensorboard):
+    corpus, cache = tiny_data
+    run_tiny(corpus, tmp_path / "run", cache, **{"logging.tensorboard": True,
+                                                 "training.training_steps": 3,
+                                                 "sparsity.n_updates": 1})
+    (tb,) = fake_tensorboard
+    assert tb.closed
+    steps = {s for tag, _, s in tb.scalars if tag == "loss"}
+    assert steps == {1, 2, 3}
+    assert {"sequences_per_second", "flops", "lr", "eval_mlm_loss"} <= {t for t, _, _ in tb.scalars}
+
+
+def test_progress_line_without_a_terminal_shows_loss_rate_and_eta(capsys):
+    progress = Progress(total=10, initial=4, enabled=True, interval=0.0)
+    progress.update(1, 2.5, 123.4)
+    progress.close()
+    line = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"step 5/10 loss 2\.5000 123\.4 seq/s ETA \d\dm\d\ds", line), line
+
+
+def test_progress_bar_on_a_terminal_shows_loss_rate_and_eta(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    progress = Progress(total=10, initial=0, enabled=True)
+    for _ in range(3):
+        progress.update(1, 2.5, 99.0)
+    progress.close()
+    text = screen.getvalue()
+    assert "loss=2.5000" in text and "seq_s=99.0" in text
+    assert re.search(r"3/10 \[\d\d:\d\d<\d\d:\d\d", text), text  # elapsed<ETA
+
+
+def test_disabled_progress_prints_nothing(capsys):
+    progress = Progress(total=2, initial=0, enabled=False, interval=0.0)
+    progress.update(2, 1.0, 1.0)
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,124 @@
+"""tools/bench_train.py and bert_ipu/benchmark.py: a tiny CPU run writes JSON with ratios
+vs dense, the peak-memory window sees an allocation, and the data-free components
+(synthetic mode) are the same as the trainer's `build_components`."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bert_ipu import benchmark as bm
+from bert_ipu.components import Components, build_components
+from bert_ipu.config import load_config
+from sparse_ops.bench import PeakMemory
+from tests.bert_ipu.tiny_run import tiny_overrides, write_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tools" / "bench_train.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("tools_bench_train", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench_train = _load()
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_cpu_run_writes_json_with_ratios(tmp_path, capsys):
+    path = tmp_path / "t.json"
+    argv = ["--sizes", "tiny", "--steps", "3", "--warmup", "0", "--micro-batch-size", "2",
+            "--variants", "dense,static_b16,dynsp_b16", "--threads", "1", "--json", str(path),
+            "data.sequence_length=32", "data.mask_tokens=4"]
+    assert bench_train.main(argv) == 0
+    assert "enc-linear state MiB" in capsys.readouterr().out
+    report = json.loads(path.read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert set(rows) == {"dense", "static_b16", "dynsp_b16"}
+    for r in rows.values():
+        assert r["size"] == "tiny" and r["steps"] == 3 and r["sequences"] == 6
+        assert r["sequences_per_second_median"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["peak_memory_method"] in ("rss_hwm_reset", "ru_maxrss_delta")
+    assert rows["dense"]["state_bytes_model_vs_dense"] == 1.0
+    assert rows["dense"]["n_updates"] == rows["static_b16"]["n_updates"] == 0
+    assert rows["dynsp_b16"]["n_updates"] == 1 and rows["dynsp_b16"]["update_time_s"] > 0
+    # s = 0.9, B = 16: values + Adam moments + indices ~ 0.1 of the dense linears
+    for name in ("static_b16", "dynsp_b16"):
+        assert 0.09 < rows[name]["state_bytes_encoder_linears_vs_dense"] < 0.15
+        assert rows[name]["state_bytes_model_vs_dense"] < 1.0
+
+
+def test_variants_and_argument_errors():
+    v = bm.train_variants(0.8, (4,), dynsp_updates=2)
+    assert list(v) == ["dense", "static_b4", "dynsp_b4"]
+    assert "sparsity.n_updates=2" in v["dynsp_b4"] and "sparsity.sparsity=0.8" in v["static_b4"]
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--sizes", "huge"])
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--steps", "2", "--dynsp-updates", "2"])
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory(torch.device("cpu")) as pm:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert pm.method in ("rss_hwm_reset", "ru_maxrss_delta")
+    assert pm.peak_bytes >= 60 * 2**20
+    with PeakMemory(torch.device("cpu")) as small:
+        torch.ones(1000)
+    if small.method == "rss_hwm_reset":  # the mark was reset: the earlier 64 MiB is not seen
+        assert small.peak_bytes < 32 * 2**20
+
+
+def _check_same(name: str, ours, ref) -> None:
+    if name in ("model", "core"):
+        a, b = ours.state_dict(), ref.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    elif name == "optimizer":
+        strip = [{k: v for k, v in g.items() if k != "params"} for g in ours.param_groups]
+        assert strip == [{k: v for k, v in g.items() if k != "params"} for g in ref.param_groups]
+        assert [len(g["params"]) for g in ours.param_groups] == [len(g["params"]) for g in ref.param_groups]
+    elif name == "params":
+        assert [p.shape for p in ours] == [p.shape for p in ref]
+    elif name == "controller":
+        assert ours.state_dict()["config"] == ref.state_dict()["config"]
+        assert list(ours.layers) == list(ref.layers)
+    elif name in ("train_loader", "eval_dataset"):
+        assert ours is None
+    elif hasattr(ours, "__dict__") and not dataclasses.is_dataclass(ours):
+        assert vars(ours) == vars(ref), name  # e.g. LossScaler
+    else:
+        assert ours == ref, name  # cfg, device, dist, schedule, flops, ... and new fields
+
+
+def test_synthetic_components_match_build_components(tmp_path):
+    """A change to `build_components` that the data-free copy misses fails here."""
+    corpus = write_corpus(tmp_path / "corpus", documents=12, sentences=8)
+    overrides = tiny_overrides(corpus, tmp_path / "out", tmp_path / "cache",
+                               **{"training.training_steps": 6, "sparsity.n_updates": 2})
+    cfg = load_config(None, overrides)
+    ref = build_components(cfg, log=lambda s: None)
+    ours = bm.build_bench_components(cfg, synthetic=True)
+    for f in dataclasses.fields(Components):
+        _check_same(f.name, getattr(ours, f.name), getattr(ref, f.name))
+    real = next(iter(ref.train_loader))
+    fake = bm.synthetic_batch(cfg, torch.Generator().manual_seed(0))
+    assert fake.keys() == real.keys()
+    for k in real:
+        assert (fake[k].dtype, fake[k].shape) == (real[k].dtype, real[k].shape), k
+    assert int(fake["input_ids"].max()) < cfg.model.vocab_size
+    pos = fake["masked_lm_positions"]
+    assert bool((pos > 0).all()) and all(len(set(r.tolist())) == r.numel() for r in pos)

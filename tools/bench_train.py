@@ -1,0 +1,145 @@
+"""Sequences/s and memory of dense vs static vs DynSp training, per BERT size, on this device.
+
+    python tools/bench_train.py [--sizes mini,small,medium,base] [--steps 5]
+        [--micro-batch-size 32] [--config PATH] [key=value ...]
+
+For every size and variant (dense; static and DynSp at --sparsity 0.9 with block
+sizes --block-sizes 1,16) the config (default: the library defaults, i.e. phase-I
+settings with vocabulary 30522; `training.precision=auto`) is built fresh and trained
+--steps steps with the trainer's own `train_step` after --warmup untimed steps
+(`bert_ipu.benchmark.train_case`). DynSp runs --dynsp-updates pattern updates within
+the timed steps; their time is reported and taken out of the throughput
+(tools/bench_updates.py measures what updates cost a run).
+
+Columns (ratios are against dense of the same size, measured in the same run):
+* ``seq/s``: sequences per step / median step time (robust to load bursts on a shared
+  machine; the mean-based numbers are in the JSON);
+* ``peak MiB``: peak memory growth from before the model is built to the end of the
+  timed steps (model, gradients, Adam state, activations, workspace). CUDA:
+  ``torch.cuda.max_memory_allocated`` (tensors). CPU: the process's peak resident set
+  size (VmHWM, reset before each case, freed heap trimmed first) minus its RSS at the
+  start: everything the process touched, allocator slack included; noisy at the MiB
+  level. ``tracemalloc`` would miss torch's tensors, hence RSS.
+* ``state MiB``: parameters + buffers + the actual AdamW state
+  (`sparse_ops.memory.state_bytes`), whole model and encoder linears only (the weights
+  that are sparse; embeddings and heads stay dense).
+
+Data: synthetic random token batches (default: isolates the model from data loading)
+or the config's corpus with --no-synthetic. JSON goes to --json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bert_ipu import benchmark as bm  # noqa: E402
+from bert_ipu.devices import resolve_device  # noqa: E402
+from bert_ipu.presets import MODEL_SIZES  # noqa: E402
+from sparse_ops.bench import format_table, machine_info  # noqa: E402
+
+MIB = 2.0 ** 20
+
+
+def _list(text: str) -> list[str]:
+    return [v for v in text.replace(" ", ",").split(",") if v]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="run config (default: library defaults)")
+    p.add_argument("--sizes", type=_list, default=["mini", "small", "medium", "base"],
+                   help="comma-separated model sizes")
+    p.add_argument("--variants", type=_list, help="subset of dense,static_bB,dynsp_bB (default: all)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per case")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
+    p.add_argument("--micro-batch-size", type=int, help="training.micro_batch_size (default: config's)")
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--block-sizes", type=lambda t: [int(v) for v in _list(t)], default=[1, 16])
+    p.add_argument("--dynsp-updates", type=int, default=1, help="pattern updates in the timed steps")
+    p.add_argument("--precision", default="auto", help="training.precision (default auto)")
+    p.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=True,
+                   help="synthetic token batches (default) or the config's data (--no-synthetic)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, default=Path("runs/bench/bench_train.json"))
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    args = p.parse_args(argv)
+    bad = [s for s in args.sizes if s not in MODEL_SIZES]
+    if bad:
+        p.error(f"--sizes: expected names from {list(MODEL_SIZES)}, got {bad}")
+    if args.dynsp_updates >= args.steps:
+        p.error(f"--dynsp-updates must be < --steps ({args.steps}), got {args.dynsp_updates}")
+    return args
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds ``*_vs_dense`` for throughput, peak memory and state bytes (same size)."""
+    keys = ("sequences_per_second_median", "peak_memory_bytes", "state_bytes_model",
+            "state_bytes_encoder_linears")
+    dense = {r["size"]: r for r in rows if r["variant"] == "dense"}
+    for r in rows:
+        d = dense.get(r["size"])
+        for k in keys:
+            r[f"{k}_vs_dense"] = r[k] / d[k] if d and d[k] else None
+    return rows
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ["size", "variant", "seq/s", "vs dense", "peak MiB", "vs dense", "state MiB", "vs dense",
+            "enc-linear state MiB", "vs dense", "update ms"]
+    cells = [[r["size"], r["variant"], f"{r['sequences_per_second_median']:.2f}",
+              _ratio(r["sequences_per_second_median_vs_dense"]),
+              f"{r['peak_memory_bytes'] / MIB:.0f}", _ratio(r["peak_memory_bytes_vs_dense"]),
+              f"{r['state_bytes_model'] / MIB:.1f}", _ratio(r["state_bytes_model_vs_dense"]),
+              f"{r['state_bytes_encoder_linears'] / MIB:.1f}",
+              _ratio(r["state_bytes_encoder_linears_vs_dense"]),
+              f"{1e3 * r['update_time_s'] / r['n_updates']:.1f}" if r["n_updates"] else "-"]
+             for r in rows]
+    return format_table(head, cells)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = [f"training.training_steps={args.steps}", f"training.precision={args.precision}"]
+    if args.micro_batch_size:
+        overrides.append(f"training.micro_batch_size={args.micro_batch_size}")
+    overrides += args.overrides
+    variants = bm.train_variants(args.sparsity, args.block_sizes, args.dynsp_updates)
+    if args.variants:
+        unknown = [v for v in args.variants if v not in variants]
+        if unknown:
+            print(f"bench_train: --variants: expected names from {list(variants)}, got {unknown}")
+            return 2
+        variants = {k: v for k, v in variants.items() if k in args.variants}
+    rows = with_ratios(bm.compare_training(args.config, overrides, args.sizes, variants,
+                                           args.synthetic, args.warmup))
+    cfg = bm.bench_config(args.config, overrides)
+    info = machine_info(resolve_device(cfg.training.device).torch_device)
+    print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(f"{args.steps} steps x {cfg.training.micro_batch_size} sequences of {cfg.data.sequence_length} "
+          f"tokens, {rows[0]['precision']}, {'synthetic' if args.synthetic else 'config'} data, "
+          f"peak memory: {rows[0]['peak_memory_method']}")
+    print(table(rows))
+    out = {"machine": info, "config": args.config, "overrides": overrides, "steps": args.steps,
+           "warmup": args.warmup, "synthetic": args.synthetic, "sparsity": args.sparsity,
+           "variants": variants, "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
