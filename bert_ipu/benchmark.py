@@ -59,20 +59,6 @@ LAYER_TYPES: dict[str, str] = {
 QUIET = ("logging.progress_bar=false", "logging.tensorboard=false")
 
 
-def train_variants(sparsity: float = 0.9, block_sizes: Sequence[int] = (1, 16),
-                   dynsp_updates: int = 1) -> dict[str, list[str]]:
-    """Name -> overrides of the methods `compare_training` runs: dense, then static and
-    DynSp (random regrowth, `dynsp_updates` pattern updates in the timed steps) at
-    sparsity `sparsity` for each block size."""
-    out = {"dense": ["sparsity.method=dense", "sparsity.sparsity=0"]}
-    for method, name, extra in (("static", "static", []),
-                                ("dynamic", "dynsp", [f"sparsity.n_updates={dynsp_updates}"])):
-        for B in block_sizes:
-            out[f"{name}_b{B}"] = [f"sparsity.method={method}", f"sparsity.sparsity={sparsity}",
-                                   f"sparsity.block_size={B}"] + extra
-    return out
-
-
 def _quiet(_: str) -> None:
     return None
 
@@ -309,6 +295,20 @@ def train_case(cfg: Config, synthetic: bool = True, warmup: int = 2) -> dict[str
            "flops_per_sequence": c.flops.per_sequence}
     del c, batches
     gc.collect()
+    return out
+
+
+def train_variants(sparsity: float = 0.9, block_sizes: Sequence[int] = (1, 16),
+                   dynsp_updates: int = 1) -> dict[str, list[str]]:
+    """Name -> overrides of the methods `compare_training` runs: dense, then static and
+    DynSp (random regrowth, `dynsp_updates` pattern updates in the timed steps) at
+    sparsity `sparsity` for each block size."""
+    out = {"dense": ["sparsity.method=dense", "sparsity.sparsity=0"]}
+    for method, name, extra in (("static", "static", []),
+                                ("dynamic", "dynsp", [f"sparsity.n_updates={dynsp_updates}"])):
+        for B in block_sizes:
+            out[f"{name}_b{B}"] = [f"sparsity.method={method}", f"sparsity.sparsity={sparsity}",
+                                   f"sparsity.block_size={B}"] + extra
     return out
 
 

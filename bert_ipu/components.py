@@ -181,9 +181,10 @@ def build_components(cfg: Config, log: Log = print) -> Components:
     t = cfg.training
     core = build_model(cfg.model, cfg.sparsity, seed=t.seed).to(device.torch_device)
     groups = parameter_groups(core, t.weight_decay)
-    optimizer = build_optimizer(groups, t.learning_rate, betas=tuple(t.adam_betas),
-                                eps=t.adam_eps)
     ipu = _ipu_runner(cfg, core, groups) if device.kind == "ipu" else None
+    # On IPUs the PopTorch AdamW (state on the device) is the run's optimizer.
+    optimizer = ipu.optimizer if ipu else build_optimizer(
+        groups, t.learning_rate, betas=tuple(t.adam_betas), eps=t.adam_eps)
     precision = "fp16" if ipu else resolve_precision(t.precision, device.torch_device)
     replicas = t.replication_factor if ipu else info.world_size
     return Components(
@@ -194,7 +195,7 @@ def build_components(cfg: Config, log: Log = print) -> Components:
                             t.lr_schedule),
         scaler=build_loss_scaler(precision, t.loss_scaling, t.auto_loss_scaling,
                                  t.loss_scaling_growth_interval),
-        controller=build_controller(cfg, core, None if ipu else optimizer, total),
+        controller=build_controller(cfg, core, ipu.moments if ipu else optimizer, total),
         frozen=build_frozen_subset(cfg, core), train_loader=train, eval_dataset=held_out,
         total_steps=total, sequences_per_step=t.micro_batch_size * t.gradient_accumulation
         * replicas, flops=flops_counter(cfg, core), ipu=ipu)

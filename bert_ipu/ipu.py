@@ -5,17 +5,24 @@ Shape of the original system: the encoder is pipelined over IPUs by
 weights/activations with a static loss scale (or PopTorch's automatic loss scaling),
 gradient accumulation and replication handled on the device, and after every DynSp
 pattern update the host-side (CPU) model, which the controller edits, is written
-back to the device with `copyWeightsToDevice()`.
+back to the device with `copyWeightsToDevice()`. The device's Adam moments of the
+sparse values follow the same update (re-allocated blocks start at zero, survivors
+move with their block; see bert_ipu/ipu_state.py), and the PopTorch optimizer's
+state dict, device state included, is what checkpoints save and resume restores.
 
 This module is never imported on CPU or CUDA runs (see `bert_ipu.devices`).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import poptorch  # noqa: F401  (ImportError here is the point: no SDK, no IPU path)
 import torch
 from torch import nn
+
+from bert_ipu.ipu_state import DeviceMoments
+from bert_ipu.model import sparse_modules
 
 
 def stage_boundaries(layers_per_ipu: Sequence[int]) -> list[int]:
@@ -48,7 +55,7 @@ def annotate_pipeline(model: nn.Module, layers_per_ipu: Sequence[int]) -> None:
 
 def ipu_options(
     gradient_accumulation: int, replication_factor: int, device_iterations: int, seed: int,
-    pipelined: bool,
+    pipelined: bool, auto_loss_scaling: bool = False,
 ) -> "poptorch.Options":
     """PopTorch options mirroring Graphcore's BERT example defaults."""
     opts = poptorch.Options()
@@ -57,31 +64,33 @@ def ipu_options(
     opts.replicationFactor(replication_factor)
     opts.Training.gradientAccumulation(gradient_accumulation)
     opts.Training.accumulationAndReplicationReductionType(poptorch.ReductionType.Mean)
+    if auto_loss_scaling:  # training.auto_loss_scaling: PopTorch's own dynamic scaling
+        opts.Training.setAutomaticLossScaling(True)
     opts.Precision.enableStochasticRounding(True)
     if pipelined:
         opts.setExecutionStrategy(poptorch.PipelinedExecution(poptorch.AutoStage.AutoIncrement))
     return opts
 
 
-def build_ipu_optimizer(
-    groups: Sequence[dict[str, Any]], lr: float, loss_scaling: float, auto_loss_scaling: bool,
-) -> "poptorch.optim.AdamW":
-    """PopTorch's AdamW with fp32 moments and the loss scale applied on device."""
-    opt = poptorch.optim.AdamW(
-        list(groups), lr=lr, betas=(0.9, 0.999), eps=1e-6, loss_scaling=loss_scaling,
-        accum_type=torch.float32, first_order_momentum_accum_type=torch.float32,
-        second_order_momentum_accum_type=torch.float32, max_grad_norm=1.0,
+def build_ipu_optimizer(groups: Sequence[dict[str, Any]], t: Any) -> "poptorch.optim.AdamW":
+    """PopTorch's AdamW (training config `t`) with fp32 moments and the loss scale
+    applied on device."""
+    return poptorch.optim.AdamW(
+        list(groups), lr=t.learning_rate, betas=tuple(t.adam_betas), eps=t.adam_eps,
+        loss_scaling=t.loss_scaling, accum_type=torch.float32,
+        first_order_momentum_accum_type=torch.float32,
+        second_order_momentum_accum_type=torch.float32,
+        max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else None,
     )
-    return opt
 
 
 def training_model(
     model: nn.Module, optimizer: Any, layers_per_ipu: Sequence[int], options: Any
 ) -> Any:
-    """The compiled PopTorch training wrapper (fp16 on device, fp32 host master)."""
+    """The PopTorch training wrapper of `model` (BertForPreTraining; fp16 weights)."""
     annotate_pipeline(model, layers_per_ipu)
     model.half()
-    return poptorch.trainingModel(model, options=options, optimizer=optimizer)
+    return poptorch.trainingModel(_Losses(model), options=options, optimizer=optimizer)
 
 
 class _Losses(nn.Module):
@@ -98,21 +107,23 @@ class _Losses(nn.Module):
 
 class IpuRunner:
     """One optimizer step per call on the IPUs (accumulation and replication happen on
-    the device); the host model stays the master copy the DynSp controller edits.
+    the device); the host model is the copy the DynSp controller edits.
 
-    Untested here (no Poplar SDK on the development machines). Known limitation: the
-    device-side Adam moments of re-allocated blocks are not reset after a pattern
-    update (PopTorch keeps optimizer state on the device)."""
+    `optimizer` (PopTorch AdamW) is the run's optimizer: its state dict holds the
+    device state and is what checkpoints save and resume loads. `moments` is what the
+    controller is given as its optimizer (see bert_ipu/ipu_state.py)."""
 
     def __init__(self, model: nn.Module, groups: Sequence[dict[str, Any]], cfg: Any) -> None:
         t = cfg.training
-        self.optimizer = build_ipu_optimizer(groups, t.learning_rate, t.loss_scaling,
-                                             t.auto_loss_scaling)
+        self.model = model
+        self.optimizer = build_ipu_optimizer(groups, t)
         layers = t.layers_per_ipu or (cfg.model.num_hidden_layers,)
         options = ipu_options(t.gradient_accumulation, t.replication_factor, 1, t.seed,
-                              pipelined=len(layers) > 1)
-        self.compiled = training_model(_Losses(model), self.optimizer, layers, options)
+                              pipelined=len(layers) > 1, auto_loss_scaling=t.auto_loss_scaling)
+        self.compiled = training_model(model, self.optimizer, layers, options)
         self.micro_batches = t.gradient_accumulation * t.replication_factor
+        self.moments = DeviceMoments({f"{name}.values": m.values
+                                      for name, m in sparse_modules(model).items()})
 
     def step(self, batches: list[dict[str, torch.Tensor]], lr: float) -> dict[str, float]:
         """Forward, backward and AdamW over `batches` (accumulation x replicas)."""
@@ -129,12 +140,24 @@ class IpuRunner:
         if self.compiled.isCompiled():
             before_host_access(self.compiled)
 
+    def host_eval_model(self) -> nn.Module:
+        """An fp32 copy of the (synchronised) host model for evaluation on the CPU."""
+        self.sync_to_host()
+        return copy.deepcopy(self.model).float().eval()
+
     def pattern_update(self, controller: Any, t: int) -> Any:
-        """Run the controller on the host copy, then write the new patterns back."""
+        """Run the controller on the host copy with the device's Adam state of the sparse
+        values, then write the new patterns, values and state back to the IPUs."""
         if not controller.is_update_step(t):
             return controller.step(t)
         before_host_access(self.compiled)
+        state = self.optimizer.state_dict()
+        device_state = state.get("ipu_state") or {}
+        self.moments.pull(device_state)
         result = controller.step(t)
+        if device_state:
+            state["ipu_state"] = self.moments.push(device_state)
+            self.optimizer.load_state_dict(state)  # written to the device before the next run
         after_pattern_update(self.compiled)
         return result
 

@@ -162,6 +162,12 @@ class Throughput:
     def pause(self, seconds: float) -> None:
         self._paused += seconds
 
+    def peek(self) -> float:
+        """Sequences per second since the last `rate()` call, without starting a new
+        interval (for the progress bar between metrics records)."""
+        elapsed = time.perf_counter() - self._start - self._paused
+        return self._sequences / elapsed if elapsed > 0 else math.nan
+
     def rate(self) -> float:
         now = time.perf_counter()
         elapsed = max(now - self._start - self._paused, 1e-9)

@@ -67,7 +67,6 @@ class Run:
     timer: Throughput = field(default_factory=Throughput)
     last_saved: ck.CheckpointId | None = None
     last_eval: tuple[int, dict[str, float]] | None = None
-    last_rate: float = math.nan
 
 
 # ------------------------------------------------------------------ entry point
@@ -251,7 +250,7 @@ def after_step(run: Run, record: dict[str, Any]) -> None:
             "eval_mlm_loss" in record):
         log_record(run, record)
     else:
-        run.progress.update(1, record["loss"], run.last_rate)
+        run.progress.update(1, record["loss"], run.timer.peek())
     _poll_stop_hook(run)
 
 
@@ -264,7 +263,7 @@ def _poll_stop_hook(run: Run) -> None:
 def log_record(run: Run, record: dict[str, Any]) -> None:
     """One metrics.jsonl object; the throughput counts since the previous record."""
     c, state = run.c, run.state
-    rate = run.last_rate = run.timer.rate()
+    rate = run.timer.rate()
     record.update(epoch=c.train_loader.epoch, sequences=state.sequences,
                   sequences_per_second=rate, flops=state.flops,
                   loss_scale=c.scaler.scale, skipped_steps=c.scaler.skipped_steps)
@@ -277,10 +276,11 @@ def run_eval(run: Run) -> dict[str, float]:
     c = run.c
     if c.eval_dataset is None:
         return {}
-    if c.ipu is not None:
-        c.ipu.sync_to_host()  # evaluate the host copy of the trained weights
+    model, precision = c.core, c.precision
+    if c.ipu is not None:  # an fp32 host copy of the weights trained on the device
+        model, precision = c.ipu.host_eval_model(), "fp32"
     batches = eval_batches(c.eval_dataset, c.cfg.training.micro_batch_size)
-    result = evaluate(c.core, batches, c.precision, c.device.torch_device,
+    result = evaluate(model, batches, precision, c.device.torch_device,
                       c.cfg.logging.eval_batches)
     run.state.first_eval = run.state.first_eval or dict(result)
     run.last_eval = (run.state.step, result)

@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -57,7 +58,8 @@ def _str_list(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/demo.yaml", help="run config (default: the demo)")
+    p.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"),
+                   help="run config (default: configs/demo.yaml)")
     p.add_argument("--steps", type=int, help="timed training steps T (default: 2 x max n, at least 10)")
     p.add_argument("--n-updates", type=_int_list, default=list(DEFAULT_N), help="comma-separated n")
     p.add_argument("--placements", type=_str_list, default=["host", "device"], help="host,device")
@@ -136,10 +138,11 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> Path | None:
         ax1.plot(n, [r["sequences_per_second"] for r in mine], marker="o", label=placement)
         ax2.plot(n, [100 * r["update_fraction"] for r in mine], marker="o", label=placement)
     ax1.set(xlabel="pattern updates n", ylabel="sequences / s", title="throughput")
+    ax1.set_ylim(bottom=0)
     ax2.set(xlabel="pattern updates n", ylabel="% of run time", title="update time")
-    for ax in (ax1, ax2):
+    for ax, where in ((ax1, "lower left"), (ax2, "upper left")):
         ax.grid(alpha=0.3)
-        ax.legend(title="controller")
+        ax.legend(title="controller", loc=where)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

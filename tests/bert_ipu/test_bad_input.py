@@ -14,7 +14,7 @@ from bert_ipu import checkpoint as ck
 from bert_ipu.data.spec import SPECIAL_TOKENS
 from bert_ipu.pretrain import main
 from tests.bert_ipu.tiny_run import (  # noqa: F401
-    WORDS, load_metrics, one_thread, tiny_data, tiny_overrides, write_corpus,
+    WORDS, one_thread, tiny_data, tiny_overrides, write_corpus,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -152,3 +152,30 @@ def test_fresh_start_over_an_earlier_run_archives_it(tiny_data, tmp_path, caplog
         "step_00000002", "metrics.jsonl", "config.yaml", "eval.json", "summary.json"}
     assert ck.find_latest(out / "checkpoints").name == "step_00000002"
     assert [r["step"] for r in load_metrics(out)] == [0, 1, 2]
+
+
+def test_divergence_exits_3_with_one_line_and_finite_checkpoints(tiny_data, tmp_path, capsys,
+                                                                  monkeypatch):
+    import dataclasses
+    import math
+
+    import torch
+
+    from bert_ipu import trainer
+
+    @dataclasses.dataclass
+    class NaNFromStep3(trainer.TrainerHooks):
+        loss_multiplier: object = lambda t: math.nan if t >= 3 else 1.0
+
+    monkeypatch.setattr(trainer, "TrainerHooks", NaNFromStep3)
+    corpus, cache = tiny_data
+    out = tmp_path / "run"
+    assert main(tiny_overrides(corpus, out, cache, **{
+        "training.max_nonfinite_steps": 2, "checkpoint.checkpoint_steps": 2,
+        "training.training_steps": 10, "sparsity.n_updates": 1})) == 3
+    line = _error_line(capsys)
+    assert "NaN/Inf for 3 consecutive steps (training.max_nonfinite_steps=2)" in line
+    assert "last checkpoint: step_00000004" in line
+    for _, path in ck.list_checkpoints(out / "checkpoints"):
+        model = ck.load_checkpoint(path)["model.pt"]
+        assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())

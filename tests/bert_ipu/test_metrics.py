@@ -104,3 +104,28 @@ def test_disabled_progress_prints_nothing(capsys):
     progress = Progress(total=2, initial=0, enabled=False, interval=0.0)
     progress.update(2, 1.0, 1.0)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_trainer_feeds_the_progress_bar_a_rate_at_every_step(tiny_data, tmp_path,
+                                                                 monkeypatch):
+    """Between metrics records (log_steps) the bar still gets the current sequences/s."""
+    import math
+
+    from bert_ipu import trainer
+
+    seen = []
+
+    class Recording(Progress):
+        def update(self, steps, loss, sequences_per_second):
+            seen.append((loss, sequences_per_second))
+            super().update(steps, loss, sequences_per_second)
+
+    monkeypatch.setattr(trainer, "Progress", Recording)
+    corpus, cache = tiny_data
+    run_tiny(corpus, tmp_path / "run", cache, **{"logging.log_steps": 5,
+                                                 "logging.progress_bar": True,
+                                                 "training.training_steps": 6,
+                                                 "sparsity.n_updates": 1})
+    assert len(seen) == 6
+    assert all(math.isfinite(loss) and math.isfinite(rate) and rate > 0 for loss, rate in seen)

@@ -108,7 +108,10 @@ def test_synthetic_components_match_build_components(tmp_path):
     """A change to `build_components` that the data-free copy misses fails here."""
     corpus = write_corpus(tmp_path / "corpus", documents=12, sentences=8)
     overrides = tiny_overrides(corpus, tmp_path / "out", tmp_path / "cache",
-                               **{"training.training_steps": 6, "sparsity.n_updates": 2})
+                               **{"training.training_steps": 6, "sparsity.n_updates": 2,
+                                  "training.precision": "fp16", "training.auto_loss_scaling": True,
+                                  "training.loss_scaling_growth_interval": 7,
+                                  "training.lr_warmup": 0.5})
     cfg = load_config(None, overrides)
     ref = build_components(cfg, log=lambda s: None)
     ours = bm.build_bench_components(cfg, synthetic=True)
