@@ -37,6 +37,8 @@ from typing import Any, Mapping
 
 import torch
 
+from bert_ipu.fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -130,13 +132,6 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _write_folder(tmp: Path, ckpt: CheckpointId, files: Mapping[str, Any]) -> None:
     entries = {}
@@ -152,7 +147,7 @@ def _write_folder(tmp: Path, ckpt: CheckpointId, files: Mapping[str, Any]) -> No
         "files": entries,
     }
     _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -163,7 +158,7 @@ def _install(tmp: Path, final: Path) -> None:
         trash = final.with_name(f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
         os.rename(final, trash)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 

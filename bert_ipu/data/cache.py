@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from bert_ipu.data.spec import DataError
+from bert_ipu.fsutil import fsync_dir
 
 CACHE_VERSION = 1
 META = "meta.json"
@@ -80,13 +81,6 @@ class ArrayWriter:
         return {"dtype": self.dtype.str, "shape": list(shape)}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def finalize(folder: Path, meta: dict[str, Any]) -> None:
     """Record size and sha256 of every file of `folder` in meta.json, written last."""
@@ -100,7 +94,7 @@ def finalize(folder: Path, meta: dict[str, Any]) -> None:
         json.dump(meta, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def problem(folder: Path, key: str, verify_checksums: bool) -> str | None:
@@ -194,7 +188,7 @@ def _publish(root: Path, prefix: str, key: str, final: Path,
         meta = dict(build(tmp), version=CACHE_VERSION, key=key)
         finalize(tmp, meta)
         tmp.rename(final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
