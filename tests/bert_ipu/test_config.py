@@ -383,3 +383,23 @@ def test_random_overrides_and_yaml_text_only_raise_config_error(overrides, text)
             attempt()
         except ConfigError:
             pass
+
+
+def test_data_section_and_data_spec_stay_in_step():
+    """The config's `data` section repeats DataSpec's fields (so bert_ipu.data does not
+    depend on the config tree): every DataSpec field must be settable from the config, with
+    the same default, and to_data_spec must carry a changed value through."""
+    from bert_ipu.config import DataConfig, load_config, to_data_spec
+    from bert_ipu.data.spec import DataSpec
+
+    spec_fields = {f.name: f for f in dataclasses.fields(DataSpec) if f.init}
+    cfg_fields = {f.name: f for f in dataclasses.fields(DataConfig)}
+    missing = sorted(set(spec_fields) - set(cfg_fields))
+    assert not missing, f"DataSpec fields with no config key: {missing}"
+    cfg_default = DataConfig()
+    # seed is filled from training.seed when null in the config; the rest must agree.
+    differing = [n for n in spec_fields if n != "seed"
+                 and getattr(DataSpec(), n) != getattr(cfg_default, n)]
+    assert not differing, f"defaults differ between DataConfig and DataSpec: {differing}"
+    spec = to_data_spec(load_config(None, ["data.mask_tokens=7", "data.short_seq_prob=0.25"]))
+    assert (spec.mask_tokens, spec.short_seq_prob) == (7, 0.25)
