@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -163,15 +163,7 @@ def pattern_update_ms(case: LayerCase, device: torch.device, n_updates: int = 3,
     opt.step()
     total = 100 * (n_updates + 1)
     ctrl = DynSpController(layer, opt, total_steps=total, n_updates=n_updates, seed=seed)
-    times = []
-    for step in range(total):
-        if ctrl.is_update_step(step):
-            sync(device)
-            t0 = time.perf_counter()
-            ctrl.step(step)
-            sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times) if times else None
+    return _median_update_ms(ctrl, total, device)
 
 
 def memory_ratio(case: LayerCase) -> tuple[int, int]:
@@ -317,15 +309,7 @@ def layer_update_ms(layer: SparseLinear, placement: str = "host", repeats: int =
     ctrl = DynSpController({"layer": work}, opt, total_steps=total, n_updates=repeats,
                            prune_ratio=prune_ratio, prune_schedule="constant", seed=seed,
                            placement=placement, sync="none")
-    times = []
-    for step in range(total):
-        if ctrl.is_update_step(step):
-            sync(device)
-            t0 = time.perf_counter()
-            ctrl.step(step)
-            sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return _median_update_ms(ctrl, total, device)
 
 
 # ---------------------------------------------------------------- CUDA kernel grid
@@ -377,3 +361,17 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _median_update_ms(ctrl: Any, total: int, device: torch.device | str) -> float | None:
+    """Median wall time (ms, device-synchronised) of the controller's updates over steps
+    0..total-1; None when no step of that range is an update step."""
+    times = []
+    for step in range(total):
+        if ctrl.is_update_step(step):
+            sync(device)
+            t0 = time.perf_counter()
+            ctrl.step(step)
+            sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times) if times else None

@@ -3,7 +3,6 @@ one line, and the CUDA kernel table is built from `bench_cuda_layer` results."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,19 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.tools import load_tool, tool_path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tools" / "bench_ops.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("tools_bench_ops", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench_ops = _load()
+SCRIPT = tool_path("bench_ops")
+bench_ops = load_tool("bench_ops")
 TINY = ["--hidden", "32", "--tokens", "64", "--sparsity", "0.5", "--block-sizes", "16",
         "--amp", "fp32", "--shapes", "HxH", "3HxH", "--backends", "dense", "--repeats", "1"]
 

@@ -4,7 +4,6 @@ vs dense, the peak-memory window sees an allocation, and the data-free component
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,19 +15,11 @@ from bert_ipu.components import Components, build_components
 from bert_ipu.config import load_config
 from sparse_ops.bench import PeakMemory
 from tests.bert_ipu.tiny_run import tiny_overrides, write_corpus
+from tests.tools import load_tool, tool_path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tools" / "bench_train.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("tools_bench_train", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench_train = _load()
+SCRIPT = tool_path("bench_train")
+bench_train = load_tool("bench_train")
 
 
 @pytest.fixture(autouse=True)

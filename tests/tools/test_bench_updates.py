@@ -2,7 +2,6 @@
 update timing, and the message without matplotlib."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -10,19 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.tools import load_tool, tool_path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tools" / "bench_updates.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("tools_bench_updates", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench_updates = _load()
+SCRIPT = tool_path("bench_updates")
+bench_updates = load_tool("bench_updates")
 
 
 @pytest.fixture(autouse=True)

@@ -1,26 +1,17 @@
 """The FLOPs CLI (tools/flops.py): JSON output, breakdown, argument errors."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.tools import load_tool, tool_path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tools" / "flops.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("tools_flops", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-flops_cli = _load()
+SCRIPT = tool_path("flops")
+flops_cli = load_tool("flops")
 
 
 def _json(argv, capsys) -> dict:
