@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tests.tools import load_tool, tool_path
 
 ROOT = Path(__file__).resolve().parents[2]

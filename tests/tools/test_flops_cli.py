@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.tools import load_tool, tool_path
 
 ROOT = Path(__file__).resolve().parents[2]
