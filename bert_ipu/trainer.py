@@ -67,6 +67,8 @@ class Run:
     timer: Throughput = field(default_factory=Throughput)
     last_saved: ck.CheckpointId | None = None
     last_eval: tuple[int, dict[str, float]] | None = None
+    pending_losses: list[torch.Tensor] = field(default_factory=list)
+    """Detached [loss, mlm_loss, nsp_loss] of this step's micro-batches, not yet on the host."""
 
 
 # ------------------------------------------------------------------ entry point
@@ -128,6 +130,7 @@ def train_step(run: Run) -> dict[str, Any] | None:
         state.micro_step += 1
         run.timer.add(c.cfg.training.micro_batch_size * c.dist.world_size)
         if not last and _stop_now(run, t):
+            flush_losses(run)  # the checkpoint of this position holds the partial sums
             return None
     return optimizer_update(run, t)
 
@@ -146,7 +149,7 @@ def ipu_step(run: Run, t: int) -> dict[str, Any]:
 
 def forward_backward(run: Run, batch: dict[str, torch.Tensor], t: int, last: bool) -> None:
     """One micro-batch: forward under autocast, scaled loss / accumulation, backward."""
-    c, state = run.c, run.state
+    c = run.c
     accumulation = c.cfg.training.gradient_accumulation
     sync = nullcontext() if last or not c.dist.enabled else c.model.no_sync()
     with sync:
@@ -156,8 +159,23 @@ def forward_backward(run: Run, batch: dict[str, torch.Tensor], t: int, last: boo
         if run.hooks.loss_multiplier is not None:
             loss = loss * run.hooks.loss_multiplier(t)
         c.scaler.scale_loss(loss / accumulation).backward()
-    for key, value in (("loss", loss), ("mlm_loss", out.mlm_loss), ("nsp_loss", out.nsp_loss)):
-        state.step_sums[key] = state.step_sums.get(key, 0.0) + float(value.detach()) / accumulation
+    # Kept on the device: one host sync per step (flush_losses), not three per micro-batch.
+    run.pending_losses.append(torch.stack([v.detach().float() for v in (loss, out.mlm_loss,
+                                                                         out.nsp_loss)]))
+
+
+def flush_losses(run: Run) -> None:
+    """Add the pending micro-batch losses into state.step_sums in micro-batch order,
+    each divided by the accumulation (the same arithmetic as summing them one by one)."""
+    if not run.pending_losses:
+        return
+    values = torch.stack(run.pending_losses).tolist()  # [micro, 3]; one device sync
+    run.pending_losses.clear()
+    accumulation = run.c.cfg.training.gradient_accumulation
+    sums = run.state.step_sums
+    for row in values:
+        for key, value in zip(LOSS_KEYS, row):
+            sums[key] = sums.get(key, 0.0) + value / accumulation
 
 
 def _stop_now(run: Run, t: int) -> bool:
@@ -175,6 +193,7 @@ def optimizer_update(run: Run, t: int) -> dict[str, Any]:
     """Unscale, check, clip, step; then the controller, then the counters."""
     c, state = run.c, run.state
     c.scaler.unscale_(c.params)
+    flush_losses(run)
     loss = state.step_sums.get("loss", math.nan)
     finite = math.isfinite(loss) and grads_are_finite(c.params)
     finite = not D.any_rank(not finite, c.dist, c.device.torch_device)
