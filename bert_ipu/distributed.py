@@ -56,6 +56,7 @@ def init(info: DistInfo, device_kind: str) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group (no-op when none was joined)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

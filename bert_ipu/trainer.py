@@ -94,6 +94,9 @@ def train(cfg: Config, hooks: TrainerHooks | None = None, log: Callable[[str], N
             run.metrics.close()
             if c.controller is not None:
                 c.controller.close()
+            # Leave the process group before exit: gloo's threads still running at
+            # interpreter teardown abort the process ("terminate called ...", SIGABRT).
+            D.shutdown()
 
 
 def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: TrainerHooks,
