@@ -74,13 +74,11 @@ def seed_everything(seed: int) -> None:
 
 def build_loaders(cfg: Config, info: D.DistInfo, log: Log
                   ) -> tuple[PretrainingLoader, PretrainingDataset | None]:
-    """Prepare the data once (rank 0 first, so ranks never race on the cache)."""
+    """Prepare the data once: every rank asks for it, and the cache's file lock lets the
+    first prepare while the others wait and then reuse it (no collective is held open
+    for the minutes a preparation can take)."""
     spec = to_data_spec(cfg)
-    if info.enabled and not info.is_main:
-        torch.distributed.barrier()
     train_ds, eval_ds, tok = build_datasets(spec, log=log if info.is_main else (lambda s: None))
-    if info.enabled and info.is_main:
-        torch.distributed.barrier()
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size: expected >= the tokenizer's {tok.vocab_size} tokens "

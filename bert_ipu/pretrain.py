@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from typing import Sequence
@@ -89,5 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _exit(code: int) -> None:
+    """Exit with `code`. A rank of a data-parallel (torchrun) run leaves through os._exit
+    once its outputs are closed and the process group is gone: with gloo, the interpreter's
+    own teardown intermittently aborted a rank *after* a successful run ("terminate called
+    without an active exception", SIGABRT/SIGSEGV), turning a finished run into a failure.
+    Everything the run writes is closed and fsynced before this point."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
