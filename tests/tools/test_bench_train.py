@@ -22,12 +22,6 @@ SCRIPT = tool_path("bench_train")
 bench_train = load_tool("bench_train")
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
 
 def test_tiny_cpu_run_writes_json_with_ratios(tmp_path, capsys):
     path = tmp_path / "t.json"

@@ -17,13 +17,6 @@ SCRIPT = tool_path("bench_updates")
 bench_updates = load_tool("bench_updates")
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """--threads calls torch.set_num_threads: undo it for the other tests."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
 
 TINY = ["model.size=tiny", "training.micro_batch_size=2", "data.sequence_length=32",
         "data.mask_tokens=4"]
