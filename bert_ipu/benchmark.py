@@ -33,19 +33,19 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from bert_ipu import distributed as D
-from bert_ipu import run_io
-from bert_ipu.components import (Components, build_components, build_controller,
+from bert_ipu.devices import distributed as D
+from bert_ipu.train import outputs as run_io
+from bert_ipu.train.build import (Components, build_components, build_controller,
                                  build_frozen_subset, flops_counter, seed_everything)
 from bert_ipu.config import Config, load_config
 from bert_ipu.devices import resolve_device
-from bert_ipu.metrics import MetricsWriter, Progress
+from bert_ipu.train.metrics import MetricsWriter, Progress
 from bert_ipu.model import build_model, encoder_linear_shapes, parameter_groups
-from bert_ipu.optim import LRSchedule, build_optimizer, trainable_params, warmup_steps_from
-from bert_ipu.precision import build_loss_scaler, resolve_precision
-from bert_ipu.run_state import TrainState
-from bert_ipu.signals import StopRequest
-from bert_ipu.trainer import Run, TrainerHooks, train_step
+from bert_ipu.train.optim import LRSchedule, build_optimizer, trainable_params, warmup_steps_from
+from bert_ipu.train.precision import build_loss_scaler, resolve_precision
+from bert_ipu.train.state import TrainState
+from bert_ipu.train.signals import StopRequest
+from bert_ipu.train.loop import Run, TrainerHooks, train_step
 from sparse_ops.bench import PeakMemory, layer_update_ms
 from sparse_ops.memory import state_bytes
 

@@ -44,7 +44,7 @@ def resume_command(config: str | None, overrides: list[str]) -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from bert_ipu.checkpoint import CheckpointError, NonFiniteWeightsError
+    from bert_ipu.train.checkpoint import CheckpointError, NonFiniteWeightsError
     from bert_ipu.config import ConfigError
     from bert_ipu.data import DataError
     from bert_ipu.devices import DeviceError
@@ -64,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s",
                         stream=sys.stderr)
     from bert_ipu.config import load_config
-    from bert_ipu.signals import TrainingInterrupted
-    from bert_ipu.trainer import NonFiniteLossError, train
+    from bert_ipu.train.signals import TrainingInterrupted
+    from bert_ipu.train.loop import NonFiniteLossError, train
 
     user, diverged = _user_errors()
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_ipu.config import ConfigError, load_config
-from bert_ipu.config_io import dump_yaml, need, parse_yaml_value
+from bert_ipu.schema import dump_yaml, need, parse_yaml_value
 
 __all__ = ["expand_sweep"]
 

@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from bert_ipu import benchmark as bm  # noqa: E402
 from bert_ipu.devices import resolve_device  # noqa: E402
-from bert_ipu.presets import MODEL_SIZES  # noqa: E402
+from bert_ipu.model.sizes import MODEL_SIZES  # noqa: E402
 from sparse_ops.bench import format_table, machine_info  # noqa: E402
 
 MIB = 2.0 ** 20

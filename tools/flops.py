@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bert_ipu.presets import MODEL_SIZES, ModelSize  # noqa: E402
+from bert_ipu.model.sizes import MODEL_SIZES, ModelSize  # noqa: E402
 from sparse_ops.dynsp.distribution import DISTRIBUTIONS  # noqa: E402
 from sparse_ops.flops import training_flops_per_sequence  # noqa: E402
 

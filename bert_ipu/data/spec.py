@@ -1,6 +1,6 @@
 """What the data pipeline needs to know: `DataSpec`, and the one error type `DataError`.
 
-The run config (bert_ipu/config.py) maps its `data:` section onto a `DataSpec`; this
+The run config (bert_ipu/config/__init__.py) maps its `data:` section onto a `DataSpec`; this
 package depends on nothing else of the product.
 
 >>> DataSpec(source="files", input_files=("corpus/*.txt",)).sequence_length

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_ipu import checkpoint as ck
+from bert_ipu.train import checkpoint as ck
 from bert_ipu.pretrain import main, resume_command
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     load_metrics, one_thread, strip_timing, tiny_data, tiny_overrides,
@@ -161,7 +161,7 @@ def test_divergence_exits_3_with_one_line_and_finite_checkpoints(tiny_data, tmp_
 
     import torch
 
-    from bert_ipu import trainer
+    from bert_ipu.train import loop as trainer
 
     @dataclasses.dataclass
     class NaNFromStep3(trainer.TrainerHooks):

@@ -1,12 +1,12 @@
-"""bert_ipu/components.py: the DynSp controller's argument errors name the config field."""
+"""bert_ipu/train/build.py: the DynSp controller's argument errors name the config field."""
 from __future__ import annotations
 
 import doctest
 
 import pytest
 
-from bert_ipu import components
-from bert_ipu.components import build_controller, controller_error_path
+from bert_ipu.train import build as components
+from bert_ipu.train.build import build_controller, controller_error_path
 from bert_ipu.config import ConfigError, load_config
 from bert_ipu.model import build_model
 

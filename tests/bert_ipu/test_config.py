@@ -13,7 +13,7 @@ from bert_ipu.config import (
     Config, ConfigError, DataConfig, ModelConfig, SparsityConfig, config_from_dict,
     config_to_dict, load_config, save_config, to_data_spec,
 )
-from bert_ipu.config_io import dump_yaml, parse_yaml_value
+from bert_ipu.schema import dump_yaml, parse_yaml_value
 
 SPARSE = ["sparsity.method=dynamic", "sparsity.sparsity=0.9"]
 

@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from bert_ipu.metrics import MetricsWriter, Progress, read_jsonl
+from bert_ipu.train.metrics import MetricsWriter, Progress, read_jsonl
 from tests.bert_ipu.tiny_run import one_thread, run_tiny, tiny_data  # noqa: F401
 
 
@@ -40,7 +40,7 @@ def fake_tensorboard(monkeypatch):
 
 def test_without_tensorboard_metrics_still_go_to_jsonl(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    with caplog.at_level(logging.INFO, logger="bert_ipu.metrics"):
+    with caplog.at_level(logging.INFO, logger="bert_ipu.train.metrics"):
         writer = MetricsWriter(tmp_path, tensorboard=True)
     writer.log({"step": 1, "loss": 2.0})
     writer.close()
@@ -112,7 +112,7 @@ def test_the_trainer_feeds_the_progress_bar_a_rate_at_every_step(tiny_data, tmp_
     """Between metrics records (log_steps) the bar still gets the current sequences/s."""
     import math
 
-    from bert_ipu import trainer
+    from bert_ipu.train import loop as trainer
 
     seen = []
 

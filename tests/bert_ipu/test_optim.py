@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bert_ipu import optim as O
+from bert_ipu.train import optim as O
 
 
 def test_linear_warmup_then_decay_to_zero():

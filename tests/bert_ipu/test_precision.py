@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bert_ipu import precision as P
+from bert_ipu.train import precision as P
 
 
 def test_auto_is_bf16_on_cuda_and_follows_amx_on_cpu(monkeypatch):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bert_ipu.signals import TrainingInterrupted
-from bert_ipu.trainer import TrainerHooks
+from bert_ipu.train.signals import TrainingInterrupted
+from bert_ipu.train.loop import TrainerHooks
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     final_state, load_metrics, one_thread, run_tiny, strip_timing, tiny_data,
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert_ipu import checkpoint as ck
+from bert_ipu.train import checkpoint as ck
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     final_state, load_metrics, strip_timing, tiny_data, tiny_overrides,
 )
@@ -121,7 +121,7 @@ def test_torchrun_two_cpu_ranks_train_and_resume_exactly(tiny_data, tmp_path):
 
     import yaml
 
-    from bert_ipu.config_io import apply_overrides
+    from bert_ipu.schema import apply_overrides
 
     corpus, cache = tiny_data
 
@@ -149,7 +149,7 @@ def test_torchrun_two_cpu_ranks_train_and_resume_exactly(tiny_data, tmp_path):
 
 
 def test_stop_request_sets_a_flag_and_a_second_ctrl_c_raises():
-    from bert_ipu.signals import StopRequest, TrainingInterrupted
+    from bert_ipu.train.signals import StopRequest, TrainingInterrupted
 
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:

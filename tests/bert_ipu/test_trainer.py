@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from bert_ipu import checkpoint as ck
-from bert_ipu.trainer import NonFiniteLossError, TrainerHooks
+from bert_ipu.train import checkpoint as ck
+from bert_ipu.train.loop import NonFiniteLossError, TrainerHooks
 from tests.bert_ipu.tiny_run import load_metrics, one_thread, run_tiny, tiny_data  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +83,7 @@ def test_fp16_overflow_is_skipped_backed_off_and_recovers(tiny_data, tmp_path):
 
 
 def test_loss_scaling_growth_interval_reaches_the_scaler(tiny_data, tmp_path):
-    from bert_ipu.components import build_components
+    from bert_ipu.train.build import build_components
     from bert_ipu.config import load_config
     from tests.bert_ipu.tiny_run import tiny_overrides
 
@@ -137,7 +137,7 @@ def test_cpu_runs_never_import_poptorch(tiny_data, tmp_path):
 
     run_tiny(*tiny_data[:1], tmp_path / "run", tiny_data[1], **{"training.training_steps": 2,
                                                                  "sparsity.n_updates": 1})
-    assert "bert_ipu.ipu" not in sys.modules and "poptorch" not in sys.modules
+    assert "bert_ipu.devices.ipu" not in sys.modules and "poptorch" not in sys.modules
 
 
 def test_ipu_without_poptorch_is_a_clear_error():
@@ -150,7 +150,7 @@ def test_ipu_without_poptorch_is_a_clear_error():
 
 
 def test_pattern_digest_changes_with_the_pattern():
-    from bert_ipu.distributed import pattern_digest
+    from bert_ipu.devices.distributed import pattern_digest
     from sparse_ops.linear import SparseLinear
 
     layer = SparseLinear(16, 16, sparsity=0.5, block_size=4, seed=0)
@@ -173,7 +173,7 @@ def test_tiny_run_on_cuda_with_auto_precision(tiny_data, tmp_path):
 
 
 def test_metrics_writer_truncates_on_resume_and_skips_a_torn_line(tmp_path):
-    from bert_ipu.metrics import MetricsWriter, read_jsonl
+    from bert_ipu.train.metrics import MetricsWriter, read_jsonl
 
     writer = MetricsWriter(tmp_path, tensorboard=False)
     for step in range(1, 6):

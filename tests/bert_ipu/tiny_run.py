@@ -57,14 +57,14 @@ def load_metrics(out: Path) -> list[dict[str, Any]]:
 
 
 def strip_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from bert_ipu.metrics import TIMING_FIELDS
+    from bert_ipu.train.metrics import TIMING_FIELDS
 
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:
     """Model state dict of the newest checkpoint of a finished run."""
-    from bert_ipu import checkpoint as ck
+    from bert_ipu.train import checkpoint as ck
 
     path = ck.find_latest(out / "checkpoints")
     return ck.load_checkpoint(path)["model.pt"]
@@ -73,7 +73,7 @@ def final_state(out: Path) -> dict[str, torch.Tensor]:
 def run_tiny(corpus: Path, out: Path, cache: Path, hooks: Any = None, **extra: Any):
     """Train the tiny config in-process; returns the summary."""
     from bert_ipu.config import load_config
-    from bert_ipu.trainer import train
+    from bert_ipu.train.loop import train
 
     cfg = load_config(None, tiny_overrides(corpus, out, cache, **extra))
     return train(cfg, hooks=hooks, log=lambda s: None)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bert_ipu import benchmark as bm
-from bert_ipu.components import Components, build_components
+from bert_ipu.train.build import Components, build_components
 from bert_ipu.config import load_config
 from sparse_ops.bench import PeakMemory
 from tests.bert_ipu.tiny_run import tiny_overrides, write_corpus

@@ -21,13 +21,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from bert_ipu import checkpoint as ck
-from bert_ipu import distributed as D
-from bert_ipu.components import Components
+from bert_ipu.train import checkpoint as ck
+from bert_ipu.devices import distributed as D
+from bert_ipu.train.build import Components
 from bert_ipu.config import Config, config_to_dict, save_config
-from bert_ipu.config_io import dump_yaml
-from bert_ipu.metrics import Throughput, format_summary, write_json
-from bert_ipu.run_state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
+from bert_ipu.schema import dump_yaml
+from bert_ipu.train.metrics import Throughput, format_summary, write_json
+from bert_ipu.train.state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Every bad input (unknown key at any depth, wrong type, out-of-range value, inval
 bad `key=value` syntax) raises `ConfigError` naming the dotted path, the expectation and
 the value. Sections validate themselves on construction and `Config` checks the
 cross-section rules, so every `Config` that exists is valid. YAML files may use
-`extends: PATH` (see `bert_ipu.config_io`).
+`extends: PATH` (see `bert_ipu.schema`).
 
 Resolution (done once, written into the saved config): `model.size` fills the model
 shape fields left null (explicit fields win; FFN = 4H and head size 64 when not given);
@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from bert_ipu.config_io import (
+from bert_ipu.schema import (
     ConfigError, apply_overrides, coerce_fields, dump_yaml, fail, from_dict, need as _need,
     read_yaml_tree, to_dict,
 )
-from bert_ipu.config_sections import (
+from bert_ipu.config.sections import (
     CheckpointConfig, DataConfig, LoggingConfig, ModelConfig, SparsityConfig, TrainingConfig,
 )
 

@@ -23,17 +23,17 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from bert_ipu import checkpoint as ck
-from bert_ipu import distributed as D
-from bert_ipu import run_io
-from bert_ipu.components import Components, build_components
+from bert_ipu.train import checkpoint as ck
+from bert_ipu.devices import distributed as D
+from bert_ipu.train import outputs as run_io
+from bert_ipu.train.build import Components, build_components
 from bert_ipu.config import Config
-from bert_ipu.evaluate import eval_batches, evaluate, to_device
-from bert_ipu.metrics import MetricsWriter, Progress, Throughput
-from bert_ipu.optim import clip_gradients, set_lr
-from bert_ipu.precision import autocast, grads_are_finite
-from bert_ipu.run_state import TrainState
-from bert_ipu.signals import StopRequest, TrainingInterrupted
+from bert_ipu.train.evaluate import eval_batches, evaluate, to_device
+from bert_ipu.train.metrics import MetricsWriter, Progress, Throughput
+from bert_ipu.train.optim import clip_gradients, set_lr
+from bert_ipu.train.precision import autocast, grads_are_finite
+from bert_ipu.train.state import TrainState
+from bert_ipu.train.signals import StopRequest, TrainingInterrupted
 
 LOSS_KEYS = ("loss", "mlm_loss", "nsp_loss")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from bert_ipu.config_io import (
+from bert_ipu.schema import (
     check_ranges as _check_ranges, coerce_fields, need as _need, nonneg as _nonneg,
     pos as _pos, unit as _unit, unit_open as _unit_open,
 )
-from bert_ipu.presets import MODEL_SIZES
+from bert_ipu.model.sizes import MODEL_SIZES
 
 __all__ = ["ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
            "CheckpointConfig", "LoggingConfig"]

@@ -2,7 +2,7 @@
 
 The trainer asks a `Device` for the torch device, to synchronise (for honest timings)
 and for its RNG state (part of every checkpoint). The IPU path lives in
-`bert_ipu.ipu` and is imported only when the user asks for an IPU, so CPU and CUDA
+`bert_ipu.devices.ipu` and is imported only when the user asks for an IPU, so CPU and CUDA
 never need PopTorch.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from bert_ipu.precision import autocast
+from bert_ipu.train.precision import autocast
 
 EVAL_KEYS = ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
 

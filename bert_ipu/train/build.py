@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bert_ipu import distributed as D
+from bert_ipu.devices import distributed as D
 from bert_ipu.config import Config, ConfigError, to_data_spec
 from bert_ipu.data import PretrainingDataset, PretrainingLoader, build_datasets
 from bert_ipu.devices import Device, resolve_device
 from bert_ipu.model import build_model, encoder_linear_shapes, parameter_groups, sparse_modules
-from bert_ipu.optim import LRSchedule, build_optimizer, trainable_params, warmup_steps_from
-from bert_ipu.precision import LossScaler, build_loss_scaler, resolve_precision
+from bert_ipu.train.optim import LRSchedule, build_optimizer, trainable_params, warmup_steps_from
+from bert_ipu.train.precision import LossScaler, build_loss_scaler, resolve_precision
 
 Log = Callable[[str], None]
 
@@ -62,7 +62,7 @@ class Components:
     sequences_per_step: int
     flops: FlopsCounter
     ipu: Any | None = None
-    """bert_ipu.ipu.IpuRunner when training on IPUs (PopTorch), else None."""
+    """bert_ipu.devices.ipu.IpuRunner when training on IPUs (PopTorch), else None."""
 
 
 def seed_everything(seed: int) -> None:
@@ -213,6 +213,6 @@ def _wrap(core: nn.Module, cfg: Config, info: D.DistInfo, device: Device, log: L
 
 def _ipu_runner(cfg: Config, core: nn.Module, groups: list[dict[str, Any]]) -> Any:
     """The PopTorch path; imported only here, so CPU/CUDA runs never need poptorch."""
-    from bert_ipu.ipu import IpuRunner
+    from bert_ipu.devices.ipu import IpuRunner
 
     return IpuRunner(core, groups, cfg)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bert_ipu.config import ModelConfig, SparsityConfig
+if TYPE_CHECKING:  # the config is only read here; importing it would tie model <-> config
+    from bert_ipu.config import ModelConfig, SparsityConfig
 
 LinearFactory = Callable[[int, int, str], nn.Module]  # (in_features, out_features, name)
 

@@ -7,7 +7,7 @@ gradient accumulation and replication handled on the device, and after every Dyn
 pattern update the host-side (CPU) model, which the controller edits, is written
 back to the device with `copyWeightsToDevice()`. The device's Adam moments of the
 sparse values follow the same update (re-allocated blocks start at zero, survivors
-move with their block; see bert_ipu/ipu_state.py), and the PopTorch optimizer's
+move with their block; see bert_ipu/devices/ipu_state.py), and the PopTorch optimizer's
 state dict, device state included, is what checkpoints save and resume restores.
 
 This module is never imported on CPU or CUDA runs (see `bert_ipu.devices`).
@@ -21,7 +21,7 @@ import poptorch  # noqa: F401  (ImportError here is the point: no SDK, no IPU pa
 import torch
 from torch import nn
 
-from bert_ipu.ipu_state import DeviceMoments
+from bert_ipu.devices.ipu_state import DeviceMoments
 from bert_ipu.model import sparse_modules
 
 
@@ -111,7 +111,7 @@ class IpuRunner:
 
     `optimizer` (PopTorch AdamW) is the run's optimizer: its state dict holds the
     device state and is what checkpoints save and resume loads. `moments` is what the
-    controller is given as its optimizer (see bert_ipu/ipu_state.py)."""
+    controller is given as its optimizer (see bert_ipu/devices/ipu_state.py)."""
 
     def __init__(self, model: nn.Module, groups: Sequence[dict[str, Any]], cfg: Any) -> None:
         t = cfg.training
