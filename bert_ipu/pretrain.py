@@ -79,9 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_DIVERGED
     except user as exc:
-        # The data stage names its own fields (DataSpec.input_files); the user wrote them
-        # in the config's data section.
-        _error(str(exc).replace("DataSpec.", "data."))
+        _error(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
         _error("interrupted before a checkpoint could be saved (during set-up, or by a "

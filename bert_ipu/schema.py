@@ -23,14 +23,16 @@ import math
 import re
 import types
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import (Any, Callable, Literal, Mapping, Sequence, Union, get_args, get_origin,
+                    get_type_hints)
 
 import yaml
 
 __all__ = [
     "ConfigError", "coerce", "describe", "from_dict", "to_dict", "read_yaml_tree",
     "parse_override", "apply_overrides", "deep_merge", "parse_yaml_value", "dump_yaml",
-    "need", "check_ranges",
+    "need", "check_ranges", "choices", "field_choices", "coerce_fields", "pos", "nonneg", "unit",
+    "unit_open",
 ]
 
 
@@ -288,13 +290,35 @@ def _coerce_tuple(value: Any, tp: Any, path: str) -> tuple:
     return tuple(coerce(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
 
 
+def choices(names: Callable[[], Sequence[Any]]) -> dict[str, Any]:
+    """Field metadata for a value that must be one of a registry's names; `names` is
+    called at validation time, so a name registered later (a new regrowth method, a
+    kernel backend) is accepted without touching the config.
+
+    >>> from dataclasses import field
+    >>> field(default="random", metadata=choices(lambda: ("random", "gradient"))).metadata["choices"]()
+    ('random', 'gradient')
+    """
+    return {"choices": names}
+
+
+def field_choices(field: dataclasses.Field) -> tuple[Any, ...] | None:
+    """The valid values of a field declared with `choices(...)` metadata, else None."""
+    names = field.metadata.get("choices")
+    return None if names is None else tuple(names())
+
+
 def coerce_fields(obj: Any, prefix: str) -> None:
-    """Check and convert every field of a (frozen) dataclass instance in place."""
+    """Check and convert every field of a (frozen) dataclass instance in place; fields
+    with `choices(...)` metadata must hold one of the registry's names (or null)."""
     hints = get_type_hints(type(obj))
     for field in dataclasses.fields(obj):
         path = f"{prefix}.{field.name}" if prefix else field.name
-        value = getattr(obj, field.name)
-        object.__setattr__(obj, field.name, coerce(value, hints[field.name], path))
+        value = coerce(getattr(obj, field.name), hints[field.name], path)
+        valid = field_choices(field)
+        if valid is not None and value is not None and value not in valid:
+            raise fail(path, "one of " + ", ".join(repr(v) for v in valid), value)
+        object.__setattr__(obj, field.name, value)
 
 
 def _unknown_key(cls: type, key: Any, prefix: str) -> ConfigError:

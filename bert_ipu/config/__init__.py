@@ -25,7 +25,6 @@ divisibility is only checked for sparse methods.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -35,13 +34,14 @@ from bert_ipu.schema import (
     read_yaml_tree, to_dict,
 )
 from bert_ipu.config.sections import (
-    CheckpointConfig, DataConfig, LoggingConfig, ModelConfig, SparsityConfig, TrainingConfig,
+    CheckpointConfig, LoggingConfig, ModelConfig, SparsityConfig, TrainingConfig,
 )
+from bert_ipu.data.config import DataConfig
 
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
     "CheckpointConfig", "LoggingConfig", "load_config", "config_from_dict", "config_to_dict",
-    "save_config", "to_data_spec",
+    "save_config",
 ]
 
 
@@ -137,22 +137,3 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     tmp.write_text(header + dump_yaml(config_to_dict(cfg)), encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def to_data_spec(cfg: Config) -> Any:
-    """`bert_ipu.data.spec.DataSpec` from the `data` section: every DataSpec field that
-    the section has is passed on (the others keep DataSpec's defaults); lists become
-    tuples. The data stage's own checks become ConfigError naming the field."""
-    from bert_ipu.data.spec import DataSpec  # the data stage is imported only when used
-
-    values = config_to_dict(cfg)["data"]
-    kwargs = {f.name: tuple(values[f.name]) if isinstance(values[f.name], list)
-              else values[f.name] for f in dataclasses.fields(DataSpec)
-              if f.init and f.name in values}
-    try:
-        return DataSpec(**kwargs)
-    except ValueError as err:
-        match = re.match(r"DataSpec\.(\w+)", str(err))
-        path = f"data.{match.group(1)}" if match else "data"
-        raise ConfigError(f"{path}: {err}", path, "values the data stage accepts",
-                          None) from err

@@ -16,7 +16,7 @@ from bert_ipu.schema import (
 )
 from bert_ipu.model.sizes import MODEL_SIZES
 
-__all__ = ["ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
+__all__ = ["ModelConfig", "SparsityConfig", "TrainingConfig",
            "CheckpointConfig", "LoggingConfig"]
 
 
@@ -155,88 +155,6 @@ class SparsityConfig:
             _need(self.freeze_until_step is not None or self.freeze_from_step is not None,
                   "sparsity.freeze_fraction", "0 unless freeze_until_step or "
                   "freeze_from_step is set", self.freeze_fraction)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Corpus, tokenizer and pre-training examples (MLM with whole-word masking + NSP)."""
-
-    SECTION: ClassVar[str] = "data"
-    source: Literal["builtin", "files", "hf"] = "builtin"
-    """builtin (Python stdlib documentation, no download), files, or hf (`datasets`)."""
-    input_files: tuple[str, ...] = ()
-    """Plain-text files or globs for source=files."""
-    format: Literal["auto", "file", "blank_line", "wikitext"] = "auto"
-    """Document layout of a text: one per file, blank-line separated, or ` = Title = `."""
-    hf_path: tuple[str, ...] = ()
-    """source=hf: `datasets` names, builders or local paths (several are concatenated)."""
-    hf_name: tuple[str | None, ...] = ()
-    """source=hf: configuration names, one per hf_path (empty: none)."""
-    hf_split: tuple[str, ...] = ("train",)
-    """source=hf: split to read: one for every dataset, or one per hf_path."""
-    hf_text_column: tuple[str, ...] = ("text",)
-    """source=hf: column holding the document text: one for all, or one per hf_path."""
-    hf_data_files: tuple[str, ...] = ()
-    """source=hf: data files for a builder such as `text` or `json` (one hf_path only)."""
-    vocab_file: str | None = None
-    """WordPiece vocab.txt to use; null trains one on the corpus."""
-    vocab_size: int = 30522
-    """Size of the trained WordPiece vocabulary."""
-    lowercase: bool = True
-    """Lowercase and strip accents (uncased BERT)."""
-    sequence_length: int = 128
-    """Tokens per example, [CLS] A [SEP] B [SEP] included."""
-    mask_tokens: int = 20
-    """Maximum masked-LM predictions per sequence."""
-    masked_lm_prob: float = 0.15
-    """Fraction of tokens masked (by whole words)."""
-    short_seq_prob: float = 0.1
-    """Probability of a shorter target length (as Google's create_pretraining_data)."""
-    eval_fraction: float = 0.02
-    """Fraction of documents held out for evaluation (fixed masks)."""
-    max_documents: int | None = None
-    """Cap on documents read (null: all)."""
-    shard_documents: int = 100_000
-    """Documents prepared at a time (random-next B segments come from the same shard)."""
-    cache_dir: str = "~/.cache/bert_ipu/data"
-    """Where prepared examples are cached (one folder per content hash)."""
-    verify_checksums: bool = True
-    """Check the sha256 of every cache file when loading it."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
-    seed: int | None = None
-    """Seed of pairing, masking and shuffling (null: training.seed)."""
-
-    def __post_init__(self) -> None:
-        coerce_fields(self, self.SECTION)
-        _check_ranges(self, {
-            "vocab_size": (lambda v: v >= 8, "an integer >= 8"),
-            "sequence_length": (lambda v: v >= 8, "an integer >= 8"),
-            "mask_tokens": (lambda v: 1 <= v <= self.sequence_length - 2,
-                            f"an integer in [1, data.sequence_length - 2 = "
-                            f"{self.sequence_length - 2}]"),
-            "masked_lm_prob": (lambda v: 0 < v < 1, "a number in (0, 1)"),
-            "short_seq_prob": (_unit, "a number in [0, 1]"),
-            "eval_fraction": (_unit_open, "a number in [0, 1)"),
-            "max_documents": (_pos, "an integer > 0 or null"),
-            "shard_documents": (lambda v: v >= 2, "an integer >= 2"),
-            "seed": (_seed, "an integer in [0, 2**63 - 1] or null"),
-            "num_workers": (_nonneg, "an integer >= 0"),
-        })
-        _need(self.source != "files" or len(self.input_files) > 0, "data.input_files",
-              "at least one file or glob with data.source='files'", self.input_files)
-        _need(self.source != "hf" or len(self.hf_path) > 0, "data.hf_path",
-              "at least one dataset with data.source='hf'", self.hf_path)
-        n = len(self.hf_path)
-        _need(len(self.hf_name) in (0, n), "data.hf_name",
-              f"empty or one entry per data.hf_path ({n})", self.hf_name)
-        for name in ("hf_split", "hf_text_column"):
-            _need(len(getattr(self, name)) == 1 or len(getattr(self, name)) == n,
-                  f"data.{name}", f"one entry, or one per data.hf_path ({n})",
-                  getattr(self, name))
-        _need(len(self.hf_data_files) == 0 or n <= 1, "data.hf_data_files",
-              f"empty with several data.hf_path entries ({n}): data files belong to one "
-              "builder", self.hf_data_files)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from bert_ipu.data.spec import DataError
+from bert_ipu.data.config import DataError
 from bert_ipu.fsutil import fsync_dir
 
 CACHE_VERSION = 1
@@ -155,7 +155,7 @@ def ensure(root: Path, prefix: str, key: str, build: Callable[[Path], dict[str, 
         root.mkdir(parents=True, exist_ok=True)
         lock_file = open(root / f".{prefix}.lock", "a+")
     except OSError as err:
-        raise DataError(f"DataSpec.cache_dir: cannot write in {root}: {err}") from err
+        raise DataError(f"data.cache_dir: cannot write in {root}: {err}") from err
     with lock_file, _flock(lock_file):
         final = root / f"{prefix}-{key[:16]}"
         if final.exists():

@@ -1,6 +1,6 @@
 """Corpus sources -> documents (lists of sentences), with an identity for the cache key.
 
-    corpus = open_corpus(DataSpec(source="files", input_files=("texts/*.txt",)))
+    corpus = open_corpus(DataConfig(source="files", input_files=("texts/*.txt",)))
     corpus.identity()      # JSON-able; changes when the corpus content may have changed
     for sentences in corpus.documents(): ...   # every call is a fresh, identical pass
 
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from bert_ipu.data import stdlib_docs
 from bert_ipu.data.hf import ConcatCorpus, HFCorpus, open_hf_corpus
-from bert_ipu.data.spec import DataError, DataSpec
+from bert_ipu.data.config import DataError, DataConfig
 from bert_ipu.data.text import parse_documents, sentences_of
 
 Document = list[str]
@@ -56,7 +56,7 @@ def _stdlib_extract(python: str) -> dict:
             raise RuntimeError(done.stderr.decode("utf-8", "replace")[-2000:])
         return json.loads(done.stdout.decode("utf-8"))
     except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
-        raise DataError(f"DataSpec.source='builtin': extracting the standard library "
+        raise DataError(f"data.source='builtin': extracting the standard library "
                         f"documentation with {python} failed: {err}") from err
 
 
@@ -101,7 +101,7 @@ def resolve_input_files(patterns: tuple[str, ...]) -> list[Path]:
             found = [Path(expanded)] if Path(expanded).is_file() else []
             what = "file does not exist"
         if not found:
-            raise DataError(f"DataSpec.input_files: {pattern!r}: {what}")
+            raise DataError(f"data.input_files: {pattern!r}: {what}")
         out.update(dict.fromkeys(p.resolve() for p in found))
     return list(out)
 
@@ -120,7 +120,7 @@ def read_text_file(path: Path) -> tuple[str | None, str]:
 class FilesCorpus(Corpus):
     """Plain-text files; layout per file from `spec.format` (auto-detected by default)."""
 
-    def __init__(self, spec: DataSpec, log: Log = print) -> None:
+    def __init__(self, spec: DataConfig, log: Log = print) -> None:
         self.files = resolve_input_files(spec.input_files)
         self.layout = spec.format
         self.log = log
@@ -142,7 +142,7 @@ class FilesCorpus(Corpus):
             yield from parse_documents(text, self.layout)
         self.skipped = skipped
         if len(skipped) == len(self.files):
-            raise DataError(f"DataSpec.input_files: all {len(skipped)} file(s) skipped, "
+            raise DataError(f"data.input_files: all {len(skipped)} file(s) skipped, "
                             f"nothing left: {_list_skipped(skipped)}")
         if skipped and not self._reported:
             self.log(f"data: skipped {len(skipped)} of {len(self.files)} input file(s) "
@@ -155,7 +155,7 @@ def _list_skipped(skipped: list[tuple[Path, str]], limit: int = 5) -> str:
     return shown + (f", ... {len(skipped) - limit} more" if len(skipped) > limit else "")
 
 
-def open_corpus(spec: DataSpec, log: Log = print) -> Corpus:
+def open_corpus(spec: DataConfig, log: Log = print) -> Corpus:
     """The corpus named by `spec.source` (DataError on a missing or unreadable source)."""
     if spec.source == "builtin":
         return BuiltinCorpus()

@@ -1,7 +1,7 @@
 """Torch datasets over a prepared cache, and `build_datasets` (the one entry point).
 
     train_ds, eval_ds, info = build_datasets(spec, log=print)
-    loader = PretrainingLoader(train_ds, batch_size=32, seed=spec.seed)
+    loader = PretrainingLoader(train_ds, batch_size=32, seed=spec.seed_value)
     for batch in loader:            # the rest of the current epoch; then epoch += 1
         ...                         # batch["input_ids"]: [32, S] int64, ...
     state = loader.state_dict()     # {"epoch", "batch", ...}: save in a checkpoint
@@ -27,7 +27,7 @@ import torch
 from bert_ipu.data.batching import SplitArrays, assemble
 from bert_ipu.data.masking import TRAIN_STREAM, apply_fixed_masks, counter_uniforms, mask_batch
 from bert_ipu.data.prepare import prepare_data
-from bert_ipu.data.spec import DataSpec
+from bert_ipu.data.config import DataConfig
 from bert_ipu.data.tokenizer import (
     TokenizerInfo, continuation_table, read_vocab, replacement_ids, tokenizer_info,
 )
@@ -38,13 +38,13 @@ Log = Callable[[str], None]
 class PretrainingDataset(torch.utils.data.Dataset):
     """MLM + NSP samples of one split of a prepared cache (see the module docstring)."""
 
-    def __init__(self, folder: Path, split: str, spec: DataSpec, info: TokenizerInfo,
+    def __init__(self, folder: Path, split: str, spec: DataConfig, info: TokenizerInfo,
                  fixed_masks: bool) -> None:
         self.folder = Path(folder)
         self.arrays = SplitArrays(self.folder, split, has_masks=fixed_masks)
         self.split, self.info, self.fixed_masks = split, info, fixed_masks
         self.sequence_length, self.mask_tokens = spec.sequence_length, spec.mask_tokens
-        self.masked_lm_prob, self.seed = spec.masked_lm_prob, spec.seed
+        self.masked_lm_prob, self.seed = spec.masked_lm_prob, spec.seed_value
         self.epoch = 0
         self._vocab_tables()
 
@@ -106,7 +106,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
         return [{k: v[j] for k, v in b.items()} for j in range(len(indices))]
 
 
-def build_datasets(spec: DataSpec, log: Log = print
+def build_datasets(spec: DataConfig, log: Log = print
                    ) -> tuple[PretrainingDataset, PretrainingDataset | None, TokenizerInfo]:
     """Prepare (or reuse) the cache of `spec`; return (train, held-out or None when
     eval_fraction is 0, tokenizer info: vocab size, special ids, cached vocab.txt)."""

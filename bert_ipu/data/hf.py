@@ -1,16 +1,16 @@
 """Hugging Face `datasets` sources: one dataset, or several read one after the other.
 
-    corpus = open_hf_corpus(DataSpec(source="hf",
+    corpus = open_hf_corpus(DataConfig(source="hf",
                                      hf_path=("wikimedia/wikipedia", "bookcorpus/bookcorpus"),
                                      hf_name=("20231101.en", None)))
     corpus.identity()   # {"source": "hf", "datasets": [one identity per dataset]}
 
 Each dataset is named by `spec.hf_sources()` (path, configuration name, split, text
-column; see DataSpec): a hub name, a builder with data files ("text", "json"), or a
+column; see DataConfig): a hub name, a builder with data files ("text", "json"), or a
 local folder written by `save_to_disk`. The documents of the datasets are concatenated
 in the order given; every dataset's identity (including its fingerprint) goes into the
 cache key. Every bad input raises `DataError` naming the field (and, with several
-datasets, its index: `DataSpec.hf_path[1]`).
+datasets, its index: `data.hf_path[1]`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bert_ipu.data.spec import DataError, DataSpec, HFSource
+from bert_ipu.data.config import DataError, DataConfig, HFSource
 from bert_ipu.data.text import iter_documents, sentences_of
 
 Document = list[str]
@@ -37,7 +37,7 @@ def load_hf_dataset(src: HFSource, field: str = "hf_path") -> Any:
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if src.split not in ds:
-                    raise DataError(f"DataSpec.{field.replace('path', 'split')}: expected one "
+                    raise DataError(f"data.{field.replace('path', 'split')}: expected one "
                                     f"of {sorted(ds)} for {src.path!r}, got {src.split!r}")
                 ds = ds[src.split]
             return ds
@@ -46,7 +46,7 @@ def load_hf_dataset(src: HFSource, field: str = "hf_path") -> Any:
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets raises many types; name the input
-        raise DataError(f"DataSpec.{field}: could not load the dataset ({where}): "
+        raise DataError(f"data.{field}: could not load the dataset ({where}): "
                         f"{type(err).__name__}: {err}") from err
 
 
@@ -57,7 +57,7 @@ class HFCorpus:
         self.src, self.layout, self.log = src, layout, log
         self.ds = load_hf_dataset(src, f"hf_path{index}")
         if src.text_column not in self.ds.column_names:
-            raise DataError(f"DataSpec.hf_text_column{index}: expected one of "
+            raise DataError(f"data.hf_text_column{index}: expected one of "
                             f"{self.ds.column_names} in {src.path!r}, got {src.text_column!r}")
         self.non_text_rows, self._reported = 0, False
         self.description = (f"Hugging Face dataset {src.path!r} ({src.name}, split "
@@ -126,7 +126,7 @@ class ConcatCorpus:
         return itertools.chain.from_iterable(p.documents() for p in self.parts)
 
 
-def open_hf_corpus(spec: DataSpec, log: Log = print) -> HFCorpus | ConcatCorpus:
+def open_hf_corpus(spec: DataConfig, log: Log = print) -> HFCorpus | ConcatCorpus:
     """The dataset(s) of `spec.hf_sources()`: one HFCorpus, or their concatenation."""
     sources = spec.hf_sources()
     if len(sources) == 1:

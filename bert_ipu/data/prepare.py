@@ -1,6 +1,6 @@
 """Corpus -> prepared cache: vocabulary, tokenized shards, NSP pairs, held-out fixed masks.
 
-    folder, meta = prepare_data(DataSpec(...), log=print)   # builds or reuses the cache
+    folder, meta = prepare_data(DataConfig(...), log=print)   # builds or reuses the cache
 
 Documents are processed `shard_documents` at a time (the last shard absorbs a short
 remainder): tokenize, drop documents too short for NSP (fewer than 2 sentences with
@@ -27,7 +27,7 @@ from bert_ipu.data.batching import SplitArrays, assemble
 from bert_ipu.data.corpus import Corpus, open_corpus
 from bert_ipu.data.masking import EVAL_STREAM, counter_uniforms, mask_batch
 from bert_ipu.data.pretraining import TokenizedDocs, create_pairs, gather_pairs
-from bert_ipu.data.spec import DataError, DataSpec
+from bert_ipu.data.config import DataError, DataConfig
 from bert_ipu.data.tokenizer import (
     continuation_table, encode_sentences, load_wordpiece, read_vocab, replacement_ids,
     tokenizer_identity, tokenizer_info, train_wordpiece,
@@ -36,10 +36,10 @@ from bert_ipu.data.tokenizer import (
 Log = Callable[[str], None]
 HOLDOUT_STREAM = 3
 SPLITS = ("train", "eval")
-_NOT_IN_KEY = ("cache_dir", "verify_checksums")
+_NOT_IN_KEY = ("cache_dir", "verify_checksums", "num_workers")
 
 
-def cache_location(spec: DataSpec) -> tuple[str, dict[str, Any]]:
+def cache_location(spec: DataConfig) -> tuple[str, dict[str, Any]]:
     """(folder prefix, settings) for `spec`: everything but where the cache lives."""
     settings = {k: v for k, v in vars(spec).items() if k not in _NOT_IN_KEY}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
@@ -53,7 +53,7 @@ def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def prepare_data(spec: DataSpec, log: Log = print) -> tuple[Path, dict[str, Any]]:
+def prepare_data(spec: DataConfig, log: Log = print) -> tuple[Path, dict[str, Any]]:
     """Build (or reuse) the prepared cache of `spec`; returns (folder, meta)."""
     start = time.perf_counter()
     corpus = open_corpus(spec, log)
@@ -72,7 +72,7 @@ def prepare_data(spec: DataSpec, log: Log = print) -> tuple[Path, dict[str, Any]
     return folder, meta
 
 
-def _vocabulary(spec: DataSpec, corpus: Corpus, folder: Path, log: Log) -> list[str]:
+def _vocabulary(spec: DataConfig, corpus: Corpus, folder: Path, log: Log) -> list[str]:
     """Validated vocabulary written to folder/vocab.txt: copied, or trained on the corpus."""
     out = folder / "vocab.txt"
     if spec.vocab_file is not None:
@@ -89,7 +89,7 @@ def _vocabulary(spec: DataSpec, corpus: Corpus, folder: Path, log: Log) -> list[
     return tokens
 
 
-def _limited(docs: Iterator[list[str]], spec: DataSpec) -> Iterator[list[str]]:
+def _limited(docs: Iterator[list[str]], spec: DataConfig) -> Iterator[list[str]]:
     return itertools.islice(docs, spec.max_documents) if spec.max_documents else docs
 
 
@@ -134,7 +134,7 @@ class _SplitWriter:
                   "nsp": cache.ArrayWriter(folder, f"{split}_nsp", np.uint8)}
         self.w["offsets"].append(np.zeros(1, dtype=np.int64))
 
-    def add(self, docs: TokenizedDocs, spec: DataSpec, rng: random.Random) -> None:
+    def add(self, docs: TokenizedDocs, spec: DataConfig, rng: random.Random) -> None:
         tokens, offsets, a_len, nsp = gather_pairs(
             docs, create_pairs(docs, spec.sequence_length, spec.short_seq_prob, rng))
         for name, values in (("tokens", tokens), ("offsets", offsets[1:] + self.tokens),
@@ -146,7 +146,7 @@ class _SplitWriter:
         return {f"{self.split}_{n}": w.finish() for n, w in self.w.items()}
 
 
-def build_cache(spec: DataSpec, corpus: Corpus, folder: Path, log: Log) -> dict[str, Any]:
+def build_cache(spec: DataConfig, corpus: Corpus, folder: Path, log: Log) -> dict[str, Any]:
     """Fill `folder` with vocab.txt and the arrays of both splits; return the meta dict."""
     start = time.perf_counter()
     tokens = _vocabulary(spec, corpus, folder, log)
@@ -159,13 +159,13 @@ def build_cache(spec: DataSpec, corpus: Corpus, folder: Path, log: Log) -> dict[
         tdocs, short = _tokenize(tok, docs)
         counts["documents"] += len(docs)
         counts["too_short"] += short
-        held = _holdout(tdocs.num_documents, spec.eval_fraction, spec.seed, shard)
+        held = _holdout(tdocs.num_documents, spec.eval_fraction, spec.seed_value, shard)
         for split, members in (("train", ~held), ("eval", held)):
             part = tdocs.select(np.flatnonzero(members))
             if part.num_documents < 2:
                 counts["unpaired"] += part.num_documents
                 continue
-            writers[split].add(part, spec, random.Random(f"{spec.seed}/{shard}/{split}"))
+            writers[split].add(part, spec, random.Random(f"{spec.seed_value}/{shard}/{split}"))
     _check_counts(spec, corpus, counts, writers)
     arrays = {k: v for w in writers.values() for k, v in w.finish().items()}
     info = tokenizer_info(folder / "vocab.txt", tokens, spec.lowercase)
@@ -180,7 +180,7 @@ def build_cache(spec: DataSpec, corpus: Corpus, folder: Path, log: Log) -> dict[
             "prepare_seconds": round(time.perf_counter() - start, 3)}
 
 
-def _check_counts(spec: DataSpec, corpus: Corpus, counts: dict[str, int],
+def _check_counts(spec: DataConfig, corpus: Corpus, counts: dict[str, int],
                   writers: dict[str, _SplitWriter]) -> None:
     """DataError when the corpus is empty or gives no pair (or no held-out pair)."""
     where = corpus.description
@@ -193,14 +193,14 @@ def _check_counts(spec: DataSpec, corpus: Corpus, counts: dict[str, int],
             f"{counts['too_short']} too short (fewer than 2 sentences), {usable} usable; "
             f"pairs need at least 2 documents of 2+ sentences"
             + ("" if spec.eval_fraction == 0 else
-               f" for training plus 2 held out (DataSpec.eval_fraction={spec.eval_fraction})"))
+               f" for training plus 2 held out (data.eval_fraction={spec.eval_fraction})"))
     if spec.eval_fraction > 0 and writers["eval"].count == 0:
-        raise DataError(f"DataSpec.eval_fraction={spec.eval_fraction}: no held-out pair can "
+        raise DataError(f"data.eval_fraction={spec.eval_fraction}: no held-out pair can "
                         f"be made from {usable} usable document(s) of {where}; need at "
                         "least 4 (2 held out), or set eval_fraction to 0")
 
 
-def _fixed_masks(spec: DataSpec, folder: Path, tokens: list[str],
+def _fixed_masks(spec: DataConfig, folder: Path, tokens: list[str],
                  special: dict[str, int]) -> dict[str, Any]:
     """Draw the held-out split's masks once (EVAL_STREAM, epoch 0) and store them."""
     split = SplitArrays(folder, "eval")
@@ -212,7 +212,7 @@ def _fixed_masks(spec: DataSpec, folder: Path, tokens: list[str],
     for begin in range(0, len(split), 4096):
         index = np.arange(begin, min(begin + 4096, len(split)))
         rows = assemble(split, index, s, special, cont)
-        u = counter_uniforms(spec.seed, EVAL_STREAM, 0, index, 4 * s).reshape(-1, 4, s)
+        u = counter_uniforms(spec.seed_value, EVAL_STREAM, 0, index, 4 * s).reshape(-1, 4, s)
         masked = mask_batch(rows.input_ids, rows.lengths, rows.candidate, rows.word_start,
                             u, mask_id=special["[MASK]"], replacement_ids=repl,
                             max_predictions=p, masked_lm_prob=spec.masked_lm_prob)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from bert_ipu.data.spec import SPECIAL_TOKENS, DataError, DataSpec
+from bert_ipu.data.config import SPECIAL_TOKENS, DataError, DataConfig
 
 CONTINUATION = "##"
 
@@ -57,9 +57,9 @@ def read_vocab(path: str | Path) -> list[str]:
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise DataError(f"DataSpec.vocab_file: {path}: file does not exist") from None
+        raise DataError(f"data.vocab_file: {path}: file does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"DataSpec.vocab_file: {path}: expected a UTF-8 vocab.txt, "
+        raise DataError(f"data.vocab_file: {path}: expected a UTF-8 vocab.txt, "
                         f"could not read it: {err}") from None
     tokens = text.split("\n")
     if tokens and tokens[-1] == "":
@@ -68,15 +68,15 @@ def read_vocab(path: str | Path) -> list[str]:
     seen: dict[str, int] = {}
     for line, token in enumerate(tokens, 1):
         if not token.strip():
-            raise DataError(f"DataSpec.vocab_file: {path}: line {line} is empty; expected "
+            raise DataError(f"data.vocab_file: {path}: line {line} is empty; expected "
                             "one token per line")
         if token in seen:
-            raise DataError(f"DataSpec.vocab_file: {path}: token {token!r} on lines "
+            raise DataError(f"data.vocab_file: {path}: token {token!r} on lines "
                             f"{seen[token]} and {line}; expected unique tokens")
         seen[token] = line
     missing = [t for t in SPECIAL_TOKENS if t not in seen]
     if missing:
-        raise DataError(f"DataSpec.vocab_file: {path}: missing special token(s) "
+        raise DataError(f"data.vocab_file: {path}: missing special token(s) "
                         f"{' '.join(missing)}; a BERT vocabulary needs "
                         f"{' '.join(SPECIAL_TOKENS)} ({len(tokens)} tokens read)")
     return tokens
@@ -135,7 +135,7 @@ def train_wordpiece(sentences: Callable[[], Iterable[str]], vocab_size: int, low
     return read_vocab(out_file)
 
 
-def tokenizer_identity(spec: DataSpec) -> dict[str, Any]:
+def tokenizer_identity(spec: DataConfig) -> dict[str, Any]:
     """What the token ids depend on: the vocab file's sha256, or the training settings."""
     if spec.vocab_file is None:
         import tokenizers

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bert_ipu.devices import distributed as D
-from bert_ipu.config import Config, ConfigError, to_data_spec
+from bert_ipu.config import Config, ConfigError
 from bert_ipu.data import PretrainingDataset, PretrainingLoader, build_datasets
 from bert_ipu.devices import Device, resolve_device
 from bert_ipu.model import build_model, encoder_linear_shapes, parameter_groups, sparse_modules
@@ -77,14 +77,13 @@ def build_loaders(cfg: Config, info: D.DistInfo, log: Log
     """Prepare the data once: every rank asks for it, and the cache's file lock lets the
     first prepare while the others wait and then reuse it (no collective is held open
     for the minutes a preparation can take)."""
-    spec = to_data_spec(cfg)
-    train_ds, eval_ds, tok = build_datasets(spec, log=log if info.is_main else (lambda s: None))
+    train_ds, eval_ds, tok = build_datasets(cfg.data, log=log if info.is_main else (lambda s: None))
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size: expected >= the tokenizer's {tok.vocab_size} tokens "
             f"({tok.vocab_file}), got {cfg.model.vocab_size}", "model.vocab_size")
     t = cfg.training
-    train = PretrainingLoader(train_ds, t.micro_batch_size, seed=spec.seed, rank=info.rank,
+    train = PretrainingLoader(train_ds, t.micro_batch_size, seed=cfg.data.seed_value, rank=info.rank,
                               world_size=info.world_size, num_workers=cfg.data.num_workers)
     return train, eval_ds
 

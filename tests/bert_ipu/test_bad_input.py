@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bert_ipu.train import checkpoint as ck
-from bert_ipu.data.spec import SPECIAL_TOKENS
+from bert_ipu.data.config import SPECIAL_TOKENS
 from bert_ipu.pretrain import main
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     WORDS, one_thread, tiny_data, tiny_overrides, write_corpus,

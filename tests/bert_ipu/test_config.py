@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bert_ipu.config import (
     Config, ConfigError, DataConfig, ModelConfig, SparsityConfig, config_from_dict,
-    config_to_dict, load_config, save_config, to_data_spec,
+    config_to_dict, load_config, save_config,
 )
 from bert_ipu.schema import dump_yaml, parse_yaml_value
 
@@ -313,19 +313,17 @@ def test_save_load_round_trip(tmp_path):
     assert config_to_dict(again)["data"]["hf_name"] == ["x", None]
 
 
-def test_to_data_spec_maps_the_data_section():
-    pytest.importorskip("bert_ipu.data.spec")
+def test_the_data_section_is_the_data_pipelines_config():
     cfg = load_config(None, ["data.source=files", "data.input_files=[a.txt, b/*.txt]",
                              "data.vocab_size=1000", "data.seed=5", "data.mask_tokens=7"])
-    spec = to_data_spec(cfg)
+    spec = cfg.data
     assert spec.input_files == ("a.txt", "b/*.txt") and spec.vocab_size == 1000
     assert (spec.seed, spec.mask_tokens, spec.source) == (5, 7, "files")
-    one = to_data_spec(load_config(None, ["data.source=hf", "data.hf_path=wikitext",
-                                          "data.hf_name=wikitext-2-raw-v1"]))
+    one = load_config(None, ["data.source=hf", "data.hf_path=wikitext",
+                             "data.hf_name=wikitext-2-raw-v1"]).data
     assert (one.hf_path, one.hf_name) == (("wikitext",), ("wikitext-2-raw-v1",))
-    two = to_data_spec(load_config(None, ["data.source=hf", "data.hf_path=[a, b]",
-                                          "data.hf_name=[x, null]",
-                                          "data.hf_text_column=[text, body]"]))
+    two = load_config(None, ["data.source=hf", "data.hf_path=[a, b]", "data.hf_name=[x, null]",
+                             "data.hf_text_column=[text, body]"]).data
     assert [(s.path, s.name, s.split, s.text_column) for s in two.hf_sources()] == [
         ("a", "x", "train", "text"), ("b", None, "train", "body")]
 
@@ -385,21 +383,14 @@ def test_random_overrides_and_yaml_text_only_raise_config_error(overrides, text)
             pass
 
 
-def test_data_section_and_data_spec_stay_in_step():
-    """The config's `data` section repeats DataSpec's fields (so bert_ipu.data does not
-    depend on the config tree): every DataSpec field must be settable from the config, with
-    the same default, and to_data_spec must carry a changed value through."""
-    from bert_ipu.config import DataConfig, load_config, to_data_spec
-    from bert_ipu.data.spec import DataSpec
+def test_one_data_schema_for_the_run_and_the_pipeline():
+    """The run config's `data` section is the data package's own DataConfig (one
+    declaration of every field), and its errors name `data.<field>` directly."""
+    from bert_ipu.config import Config
+    from bert_ipu.data import DataConfig
 
-    spec_fields = {f.name: f for f in dataclasses.fields(DataSpec) if f.init}
-    cfg_fields = {f.name: f for f in dataclasses.fields(DataConfig)}
-    missing = sorted(set(spec_fields) - set(cfg_fields))
-    assert not missing, f"DataSpec fields with no config key: {missing}"
-    cfg_default = DataConfig()
-    # seed is filled from training.seed when null in the config; the rest must agree.
-    differing = [n for n in spec_fields if n != "seed"
-                 and getattr(DataSpec(), n) != getattr(cfg_default, n)]
-    assert not differing, f"defaults differ between DataConfig and DataSpec: {differing}"
-    spec = to_data_spec(load_config(None, ["data.mask_tokens=7", "data.short_seq_prob=0.25"]))
-    assert (spec.mask_tokens, spec.short_seq_prob) == (7, 0.25)
+    assert Config.__dataclass_fields__["data"].default_factory is DataConfig
+    with pytest.raises(ConfigError, match=r"^data\.mask_tokens: expected"):
+        DataConfig(mask_tokens=0)
+    with pytest.raises(ConfigError, match=r"^data\.vocab_size: expected an integer > 5"):
+        load_config(None, ["data.vocab_size=5"])

@@ -9,7 +9,7 @@ import pytest
 
 from bert_ipu.data import prepare
 from bert_ipu.data.prepare import prepare_data
-from bert_ipu.data.spec import DataError, DataSpec
+from bert_ipu.data.config import DataError, DataConfig
 
 WORDS = ("alpha beta gamma delta river stone light house garden window paper music "
          "market number island forest winter summer").split()
@@ -27,13 +27,13 @@ def write_corpus(folder: Path, n_docs: int = 12, seed: int = 0) -> None:
 @pytest.fixture
 def setup(tmp_path, shared_data):
     write_corpus(tmp_path / "corpus")
-    spec = DataSpec(source="files", input_files=(str(tmp_path / "corpus"),),
+    spec = DataConfig(source="files", input_files=(str(tmp_path / "corpus"),),
                     vocab_file=str(shared_data / "vocab/bert-base-uncased-vocab.txt"),
                     cache_dir=str(tmp_path / "cache"), eval_fraction=0.2)
     return spec, tmp_path
 
 
-def build(spec: DataSpec) -> tuple[Path, dict, list[str]]:
+def build(spec: DataConfig) -> tuple[Path, dict, list[str]]:
     logs: list[str] = []
     folder, meta = prepare_data(spec, logs.append)
     return folder, meta, logs
@@ -87,7 +87,7 @@ def test_corrupt_cache_is_rebuilt(setup, damage, reason):
 
 def test_structural_check_without_checksums(setup):
     spec, _ = setup
-    spec = DataSpec(**{**vars(spec), "verify_checksums": False})
+    spec = DataConfig(**{**vars(spec), "verify_checksums": False})
     folder, _, _ = build(spec)
     tokens = np.load(folder / "train_tokens.npy", mmap_mode="r+")
     tokens[3] = 65535  # same size, checksum not verified: ids beyond the vocabulary
@@ -110,7 +110,7 @@ def test_stale_cache_replaced_when_corpus_changes(setup):
 def test_other_settings_get_their_own_cache(setup):
     spec, _ = setup
     folder, _, _ = build(spec)
-    other, _, logs = build(DataSpec(**{**vars(spec), "masked_lm_prob": 0.2}))
+    other, _, logs = build(DataConfig(**{**vars(spec), "masked_lm_prob": 0.2}))
     assert other != folder and folder.exists()
     assert not any("stale" in m for m in logs)
 
@@ -135,8 +135,8 @@ def test_crash_during_preparation_leaves_no_cache(setup, monkeypatch):
 def test_unwritable_cache_dir_is_named(setup):
     spec, tmp = setup
     (tmp / "a_file").write_text("x")
-    bad = DataSpec(**{**vars(spec), "cache_dir": str(tmp / "a_file" / "cache")})
-    with pytest.raises(DataError, match="DataSpec.cache_dir: cannot write in"):
+    bad = DataConfig(**{**vars(spec), "cache_dir": str(tmp / "a_file" / "cache")})
+    with pytest.raises(DataError, match="data.cache_dir: cannot write in"):
         build(bad)
 
 

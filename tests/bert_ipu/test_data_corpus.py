@@ -6,12 +6,12 @@ import json
 import pytest
 
 from bert_ipu.data.corpus import BuiltinCorpus, _stdlib_extract, open_corpus
-from bert_ipu.data.spec import DataError, DataSpec
+from bert_ipu.data.config import DataError, DataConfig
 from bert_ipu.data.text import detect_format, parse_documents, split_sentences
 
 
-def files_spec(*patterns: str, **kw) -> DataSpec:
-    return DataSpec(source="files", input_files=tuple(patterns), **kw)
+def files_spec(*patterns: str, **kw) -> DataConfig:
+    return DataConfig(source="files", input_files=tuple(patterns), **kw)
 
 
 # ----------------------------------------------------------------------------- text
@@ -39,7 +39,7 @@ def test_layouts_and_detection():
 
 
 # ----------------------------------------------------------------------------- files
-def docs_of(spec: DataSpec, log=lambda m: None) -> list[list[str]]:
+def docs_of(spec: DataConfig, log=lambda m: None) -> list[list[str]]:
     return list(open_corpus(spec, log).documents())
 
 
@@ -134,39 +134,39 @@ def test_hf_save_to_disk_dataset(hf_cache):
             "id": [1, 2, 3]}
     datasets.Dataset.from_dict(rows).save_to_disk(str(hf_cache / "ds"))
     logs: list[str] = []
-    spec = DataSpec(source="hf", hf_path=str(hf_cache / "ds"))
+    spec = DataConfig(source="hf", hf_path=str(hf_cache / "ds"))
     corpus = open_corpus(spec, logs.append)
     assert list(corpus.documents()) == [["Doc one.", "It has two."],
                                         ["Doc two.", "Second line."]]
     assert corpus.identity()["fingerprint"] and any("skipped 1 row" in m for m in logs)
     with pytest.raises(DataError, match="hf_text_column: expected one of.*got 'body'"):
-        open_corpus(DataSpec(source="hf", hf_path=str(hf_cache / "ds"), hf_text_column="body"))
+        open_corpus(DataConfig(source="hf", hf_path=str(hf_cache / "ds"), hf_text_column="body"))
 
 
 def test_hf_builder_with_local_data_files(hf_cache):
     path = hf_cache / "rows.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n"
                             for t in ["A first. A second.", "B first. B second."]))
-    spec = DataSpec(source="hf", hf_path="json", hf_data_files=(str(path),))
+    spec = DataConfig(source="hf", hf_path="json", hf_data_files=(str(path),))
     assert list(open_corpus(spec).documents()) == [["A first.", "A second."],
                                                    ["B first.", "B second."]]
     lines = hf_cache / "lines.txt"
     lines.write_text("A one.\nA two.\n\nB one.\nB two.\n")
-    spec = DataSpec(source="hf", hf_path="text", hf_data_files=(str(lines),),
+    spec = DataConfig(source="hf", hf_path="text", hf_data_files=(str(lines),),
                     format="blank_line")
     assert list(open_corpus(spec).documents()) == [["A one.", "A two."], ["B one.", "B two."]]
 
 
 def test_hf_unloadable_dataset_is_named(hf_cache):
     with pytest.raises(DataError, match="hf_path: could not load the dataset"):
-        open_corpus(DataSpec(source="hf", hf_path=str(hf_cache / "no_such_dataset")))
+        open_corpus(DataConfig(source="hf", hf_path=str(hf_cache / "no_such_dataset")))
 
 
 def test_docstring_examples():
     import doctest
 
-    from bert_ipu.data import masking, pretraining, spec, text
+    from bert_ipu.data import config, masking, pretraining, text
 
-    for module in (text, spec, masking, pretraining):
+    for module in (text, config, masking, pretraining):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bert_ipu.data import DataError, DataSpec, PretrainingLoader, build_datasets
+from bert_ipu.data import DataConfig, DataError, PretrainingLoader, build_datasets
+from bert_ipu.schema import ConfigError
 
 S, P = 128, 20
 WORDS = ("alpha beta gamma delta river stone light house garden window paper music "
@@ -28,7 +29,7 @@ def vocab(shared_data) -> str:
 @pytest.fixture(scope="module")
 def builtin(vocab, tmp_path_factory):
     logs: list[str] = []
-    spec = DataSpec(source="builtin", vocab_file=vocab, eval_fraction=0.05,
+    spec = DataConfig(source="builtin", vocab_file=vocab, eval_fraction=0.05,
                     cache_dir=str(tmp_path_factory.mktemp("cache")))
     train, held_out, info = build_datasets(spec, log=logs.append)
     return spec, train, held_out, info, logs
@@ -43,8 +44,8 @@ def write_docs(folder: Path, sentence_counts: list[int], seed: int = 0) -> None:
         (folder / f"doc{d:03d}.txt").write_text(text)
 
 
-def files_spec(tmp_path: Path, vocab: str | None, **kw) -> DataSpec:
-    return DataSpec(source="files", input_files=(str(tmp_path / "docs"),), vocab_file=vocab,
+def files_spec(tmp_path: Path, vocab: str | None, **kw) -> DataConfig:
+    return DataConfig(source="files", input_files=(str(tmp_path / "docs"),), vocab_file=vocab,
                     cache_dir=str(tmp_path / "cache"), **kw)
 
 
@@ -99,7 +100,7 @@ def test_train_masks_redrawn_per_epoch_eval_fixed(builtin):
 
 def test_preparation_is_deterministic(builtin, tmp_path):
     spec, train, _, _, _ = builtin
-    other = DataSpec(**{**vars(spec), "cache_dir": str(tmp_path)})
+    other = DataConfig(**{**vars(spec), "cache_dir": str(tmp_path)})
     train2, _, _ = build_datasets(other, log=quiet)
     for name in ("tokens", "offsets", "a_len", "nsp"):
         assert np.array_equal(train.arrays[name], train2.arrays[name]), name
@@ -183,7 +184,7 @@ def test_trained_wordpiece_vocabulary(tmp_path):
     assert any(t.startswith("##") for t in tokens) and "garden" in tokens  # frequent word
     assert held_out is not None and int(train.batch([0])["input_ids"].max()) < info.vocab_size
     again = files_spec(tmp_path, None, vocab_size=120, eval_fraction=0.1)
-    again = DataSpec(**{**vars(again), "cache_dir": str(tmp_path / "cache2")})
+    again = DataConfig(**{**vars(again), "cache_dir": str(tmp_path / "cache2")})
     _, _, info2 = build_datasets(again, log=quiet)
     assert Path(info2.vocab_file).read_text() == Path(info.vocab_file).read_text()
 
@@ -218,7 +219,7 @@ def test_empty_corpus_and_too_few_documents(tmp_path, vocab):
     with pytest.raises(DataError, match="the corpus is empty"):
         build_datasets(files_spec(tmp_path, vocab), log=quiet)
     write_docs(tmp_path / "docs", [5] * 3)
-    with pytest.raises(DataError, match=r"DataSpec.eval_fraction=0.02: no held-out pair"):
+    with pytest.raises(DataError, match=r"data.eval_fraction=0.02: no held-out pair"):
         build_datasets(files_spec(tmp_path, vocab), log=quiet)
     train, held_out, _ = build_datasets(files_spec(tmp_path, vocab, eval_fraction=0.0),
                                         log=quiet)
@@ -233,7 +234,7 @@ def test_hf_local_dataset_end_to_end(tmp_path, vocab, monkeypatch):
     rows = [" ".join(" ".join(rng.choice(WORDS) for _ in range(6)).capitalize() + "."
                      for _ in range(8)) for _ in range(10)]
     datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "ds"))
-    spec = DataSpec(source="hf", hf_path=str(tmp_path / "ds"), vocab_file=vocab,
+    spec = DataConfig(source="hf", hf_path=str(tmp_path / "ds"), vocab_file=vocab,
                     cache_dir=str(tmp_path / "cache"), eval_fraction=0.2)
     train, held_out, _ = build_datasets(spec, log=quiet)
     assert len(train) > 0 and len(held_out) > 0
@@ -241,13 +242,13 @@ def test_hf_local_dataset_end_to_end(tmp_path, vocab, monkeypatch):
 
 
 def test_spec_rejects_bad_values():
-    for kw, match in [({"source": "web"}, "source: expected one of builtin, files, hf"),
-                      ({"sequence_length": 4}, "sequence_length: expected an integer"),
-                      ({"masked_lm_prob": 0.0}, r"masked_lm_prob: expected a number in \(0, 1\]"),
+    for kw, match in [({"source": "web"}, "data.source: expected one of 'builtin', 'files', 'hf'"),
+                      ({"sequence_length": 4}, "data.sequence_length: expected an integer"),
+                      ({"masked_lm_prob": 0.0}, r"masked_lm_prob: expected a number in \(0, 1\)"),
                       ({"eval_fraction": 1.0}, r"eval_fraction: expected a number in \[0, 1\)"),
-                      ({"format": "csv"}, "format: expected one of"),
-                      ({"source": "hf"}, "hf_path: expected a dataset name"),
-                      ({"seed": "1"}, "seed: expected int")]:
-        with pytest.raises(DataError, match=match):
-            DataSpec(**kw)
-    assert DataSpec(source="files", input_files=["a.txt"]).input_files == ("a.txt",)
+                      ({"format": "csv"}, "data.format: expected one of"),
+                      ({"source": "hf"}, "data.hf_path: expected at least one dataset"),
+                      ({"seed": "1"}, "data.seed: expected an integer, got .1.")]:
+        with pytest.raises(ConfigError, match=match):
+            DataConfig(**kw)
+    assert DataConfig(source="files", input_files=["a.txt"]).input_files == ("a.txt",)

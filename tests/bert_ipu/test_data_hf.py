@@ -9,7 +9,7 @@ import pytest
 from bert_ipu.data import prepare
 from bert_ipu.data.corpus import open_corpus
 from bert_ipu.data.prepare import prepare_data
-from bert_ipu.data.spec import DataError, DataSpec
+from bert_ipu.data.config import ConfigError, DataConfig, DataError
 
 datasets = pytest.importorskip("datasets")
 WORDS = "alpha beta gamma delta river stone light house garden window paper music".split()
@@ -34,11 +34,11 @@ def two(tmp_path, monkeypatch):
     return tmp_path
 
 
-def spec_of(base, **kw) -> DataSpec:
+def spec_of(base, **kw) -> DataConfig:
     values = dict(source="hf", hf_path=(str(base / "a"), str(base / "b")),
                   hf_split=("train", "validation"), hf_text_column=("text", "body"),
                   cache_dir=str(base / "cache"), vocab_size=64, eval_fraction=0.2)
-    return DataSpec(**{**values, **kw})
+    return DataConfig(**{**values, **kw})
 
 
 def test_documents_of_both_datasets_in_order_with_their_own_split_and_column(two):
@@ -61,7 +61,7 @@ def test_each_dataset_gets_its_own_name(monkeypatch):
         return datasets.Dataset.from_dict({"text": [f"From {path}. Second sentence."]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    spec = DataSpec(source="hf", hf_path=("hub/wiki", "hub/books"),
+    spec = DataConfig(source="hf", hf_path=("hub/wiki", "hub/books"),
                     hf_name=("20231101.en", None))
     docs = list(open_corpus(spec, lambda m: None).documents())
     assert calls == [("hub/wiki", "20231101.en", "train"), ("hub/books", None, "train")]
@@ -101,24 +101,24 @@ def test_the_cache_key_covers_every_dataset(two, monkeypatch):
 
 
 def test_a_bad_second_dataset_is_named_with_its_index(two):
-    with pytest.raises(DataError, match=r"DataSpec.hf_path\[1\]: could not load"):
+    with pytest.raises(DataError, match=r"data.hf_path\[1\]: could not load"):
         open_corpus(spec_of(two, hf_path=(str(two / "a"), str(two / "missing"))))
-    with pytest.raises(DataError, match=r"DataSpec.hf_text_column\[1\]: expected one of "
+    with pytest.raises(DataError, match=r"data.hf_text_column\[1\]: expected one of "
                                         r"\['body', 'n'\].*got 'text'"):
         open_corpus(spec_of(two, hf_text_column=("text",)))
-    with pytest.raises(DataError, match=r"DataSpec.hf_split\[1\]: expected one of "
+    with pytest.raises(DataError, match=r"data.hf_split\[1\]: expected one of "
                                         r"\['train', 'validation'\].*got 'test'"):
         open_corpus(spec_of(two, hf_split=("train", "test")))
 
 
 def test_spec_checks_the_per_dataset_lists():
-    for kw, match in [({"hf_name": ("x",)}, r"hf_name: expected 0 or 2 entries"),
-                      ({"hf_split": ("a", "b", "c")}, r"hf_split: expected 1 or 2 entries"),
-                      ({"hf_data_files": ("f.json",)}, r"hf_data_files: expected a single"),
-                      ({"hf_name": (1, None)}, r"hf_name: expected tuple\[str \| None")]:
-        with pytest.raises(DataError, match=match):
-            DataSpec(source="hf", hf_path=("a", "b"), **kw)
-    one = DataSpec(source="hf", hf_path="a", hf_name="cfg", hf_split="test")
+    for kw, match in [({"hf_name": ("x",)}, r"data.hf_name: expected empty or one entry per "),
+                      ({"hf_split": ("a", "b", "c")}, r"hf_split: expected one entry, or one per"),
+                      ({"hf_data_files": ("f.json",)}, r"hf_data_files: expected empty with several"),
+                      ({"hf_name": (1, None)}, r"data.hf_name\[0\]: expected a string, got 1")]:
+        with pytest.raises(ConfigError, match=match):
+            DataConfig(source="hf", hf_path=("a", "b"), **kw)
+    one = DataConfig(source="hf", hf_path="a", hf_name="cfg", hf_split="test")
     assert (one.hf_path, one.hf_name, one.hf_split) == (("a",), ("cfg",), ("test",))
 
 

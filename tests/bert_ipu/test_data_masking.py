@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bert_ipu.data import DataSpec, build_datasets
+from bert_ipu.data import DataConfig, build_datasets
 from bert_ipu.data.batching import assemble
 from bert_ipu.data.masking import (
     apply_fixed_masks, choose_words, counter_uniforms, mask_batch,
@@ -15,7 +15,7 @@ P = 20
 
 @pytest.fixture(scope="module")
 def train_ds(shared_data, tmp_path_factory):
-    spec = DataSpec(source="builtin", cache_dir=str(tmp_path_factory.mktemp("cache")),
+    spec = DataConfig(source="builtin", cache_dir=str(tmp_path_factory.mktemp("cache")),
                     vocab_file=str(shared_data / "vocab/bert-base-uncased-vocab.txt"))
     train, _, _ = build_datasets(spec, log=lambda msg: None)
     return train

@@ -72,12 +72,12 @@ def test_a_resume_of_a_finished_run_changes_nothing(continuous, tiny_data, tmp_p
 def test_loader_workers_never_touch_the_global_rng(tiny_data, tmp_path):
     """DataLoader seeds its workers from a dedicated generator: the global torch RNG
     (dropout) moves exactly as without workers."""
-    from bert_ipu.config import load_config, to_data_spec
+    from bert_ipu.config import load_config
     from bert_ipu.data import PretrainingLoader, build_datasets
     from tests.bert_ipu.tiny_run import tiny_overrides
 
     corpus, cache = tiny_data
-    spec = to_data_spec(load_config(None, tiny_overrides(corpus, tmp_path, cache)))
+    spec = load_config(None, tiny_overrides(corpus, tmp_path, cache)).data
     train, _, _ = build_datasets(spec, log=lambda s: None)
     plain = list(PretrainingLoader(train, 8, seed=1))
     loader = PretrainingLoader(train, 8, seed=1, num_workers=1)

@@ -54,7 +54,6 @@ def test_one_step_applies_the_mean_gradient_of_its_micro_batches(tiny_data, tmp_
                                                                   monkeypatch):
     """accumulation 2: optimizer.step() runs once per step, on (g1 + g2) / 2."""
     from bert_ipu.data import PretrainingLoader, build_datasets
-    from bert_ipu.config import to_data_spec
     from bert_ipu.model import build_model
 
     corpus, cache = tiny_data
@@ -78,7 +77,7 @@ def test_one_step_applies_the_mean_gradient_of_its_micro_batches(tiny_data, tmp_
     from bert_ipu.model import parameter_groups
 
     params = [p for g in parameter_groups(model, 0.01) for p in g["params"]]
-    train, _, _ = build_datasets(to_data_spec(cfg), log=lambda s: None)
+    train, _, _ = build_datasets(cfg.data, log=lambda s: None)
     batches = iter(PretrainingLoader(train, 2, seed=cfg.data.seed))
     for _ in range(2):
         (model(**next(batches)).loss / 2).backward()
