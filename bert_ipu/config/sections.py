@@ -7,13 +7,18 @@ Face's BertConfig for the model (DESIGN section 4).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from bert_ipu.schema import (
-    check_ranges as _check_ranges, coerce_fields, need as _need, nonneg as _nonneg,
-    pos as _pos, unit as _unit, unit_open as _unit_open,
+    ConfigError, check_ranges as _check_ranges, choices, coerce_fields, need as _need,
+    nonneg as _nonneg, pos as _pos, unit_open as _unit_open,
 )
+from sparse_ops.dynsp.distribution import DISTRIBUTIONS
+from sparse_ops.dynsp.settings import DynSpSettings, SettingsError
+from sparse_ops.kernels import AUTO, KNOWN_NAMES
+from sparse_ops.linear import INACTIVE_MODES
 from bert_ipu.model.sizes import MODEL_SIZES
 
 __all__ = ["ModelConfig", "SparsityConfig", "TrainingConfig",
@@ -89,8 +94,13 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class SparsityConfig:
-    """Sparse encoder linears and the DynSp pattern updates (DESIGN section 2)."""
+class SparsityConfig(DynSpSettings):
+    """Sparse encoder linears and their DynSp pattern updates.
+
+    The pattern-update fields (regrow, n_updates, prune_ratio, prune_schedule,
+    end_fraction, regrow_init, regrow_pruned, placement, seed) are declared once, by
+    `sparse_ops.dynsp.DynSpSettings`, and this section *is* those settings: the run
+    hands it to the DynSp controller as is."""
 
     SECTION: ClassVar[str] = "sparsity"
     method: Literal["dense", "static", "dynamic"] = "dense"
@@ -99,23 +109,9 @@ class SparsityConfig:
     """Fraction of inactive blocks in every sparse layer, in [0, 1); 0 iff dense."""
     block_size: Literal[1, 4, 8, 16] = 16
     """B x B blocks (1 = unstructured); must divide hidden and intermediate sizes."""
-    regrow: Literal["random", "gradient"] = "random"
-    """Where pruned blocks go: uniformly random, or largest dense-gradient norm (RigL)."""
-    n_updates: int = 160
-    """Pattern updates over the run (0 = static)."""
-    prune_ratio: float = 0.5
-    """pr_max: fraction of active blocks pruned at the first update."""
-    prune_schedule: Literal["cosine", "constant", "linear"] = "cosine"
-    """Decay of the pruning ratio over the run."""
-    end_fraction: float = 1.0
-    """Updates happen within the first end_fraction of the training steps."""
-    regrow_init: Literal["zero", "normal"] = "zero"
-    """Values of newly allocated blocks: zeros or truncated normal."""
-    regrow_pruned: bool = False
-    """Allow re-allocating the positions pruned in the same update."""
-    distribution: Literal["uniform", "erdos_renyi"] = "uniform"
-    """Per-layer densities: the same everywhere, or Erdos-Renyi (same total)."""
-    inactive: Literal["zero", "frozen"] = "zero"
+    distribution: str = field(default="uniform", metadata=choices(lambda: DISTRIBUTIONS))
+    """Per-layer densities: the same everywhere (uniform), or erdos_renyi (same total)."""
+    inactive: str = field(default="zero", metadata=choices(lambda: INACTIVE_MODES))
     """Inactive weights are zeros, or frozen random values (mask-based ablation)."""
     freeze_fraction: float = 0.0
     """Fraction of weights frozen at random (ablation; 0 = off)."""
@@ -123,24 +119,22 @@ class SparsityConfig:
     """Frozen weights unfreeze at this step (first-half ablation)."""
     freeze_from_step: int | None = None
     """Weights freeze from this step on (second-half ablation)."""
-    backend: Literal["auto", "reference", "dense", "bsr", "gather_bmm", "triton"] = "auto"
-    """Sparse matmul kernel backend of SparseLinear."""
-    placement: Literal["host", "device"] = "host"
-    """Where the pattern-update controller computes (host CPU or the accelerator)."""
+    backend: str = field(default="auto", metadata=choices(lambda: (AUTO,) + KNOWN_NAMES))
+    """Sparse matmul kernel backend of SparseLinear (auto: measured rules per device)."""
     seed: int | None = None
-    """Seed of patterns and pattern updates (null: training.seed)."""
+    """Seed of the initial patterns and of the pattern updates (null: training.seed)."""
 
     def __post_init__(self) -> None:
         coerce_fields(self, self.SECTION)
+        try:
+            self.check()  # the DynSpSettings fields, named by their config path
+        except SettingsError as err:
+            raise ConfigError(str(err), err.path, err.expected, err.value) from None
         _check_ranges(self, {
             "sparsity": (_unit_open, "a number in [0, 1)"),
-            "n_updates": (_nonneg, "an integer >= 0"),
-            "prune_ratio": (_unit, "a number in [0, 1]"),
-            "end_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
             "freeze_fraction": (_unit_open, "a number in [0, 1)"),
             "freeze_until_step": (_nonneg, "an integer >= 0 or null"),
             "freeze_from_step": (_nonneg, "an integer >= 0 or null"),
-            "seed": (_seed, "an integer in [0, 2**63 - 1] or null"),
         })
         if self.method == "dense":
             _need(self.sparsity == 0, "sparsity.sparsity", "0 with sparsity.method='dense' "
@@ -155,6 +149,16 @@ class SparsityConfig:
             _need(self.freeze_until_step is not None or self.freeze_from_step is not None,
                   "sparsity.freeze_fraction", "0 unless freeze_until_step or "
                   "freeze_from_step is set", self.freeze_fraction)
+
+    @property
+    def needs_gradient(self) -> bool:
+        """RigL-style updates happen in this run (dynamic method, gradient regrowth)."""
+        return self.method == "dynamic" and super().needs_gradient
+
+    def controller_settings(self) -> "SparsityConfig":
+        """The settings the run's controller uses: as configured for `dynamic`, with no
+        updates for `static` (a fixed random pattern)."""
+        return self if self.method == "dynamic" else dataclasses.replace(self, n_updates=0)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -98,44 +97,19 @@ def total_training_steps(cfg: Config, loader: PretrainingLoader) -> int:
 
 def build_controller(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                      total_steps: int) -> Any | None:
-    """DynSpController for static/dynamic sparsity (static = 0 updates); None if dense."""
-    s = cfg.sparsity
-    if s.method == "dense":
+    """DynSpController for static/dynamic sparsity (static = 0 updates); None if dense.
+
+    The `sparsity` section is the controller's settings (a DynSpSettings); when the
+    updates do not fit the run the error names `sparsity.n_updates`."""
+    if cfg.sparsity.method == "dense":
         return None
     from sparse_ops.dynsp.controller import DynSpController
+    from sparse_ops.dynsp.settings import SettingsError
 
-    n_updates = s.n_updates if s.method == "dynamic" else 0
     try:
-        return DynSpController(
-            model, optimizer, total_steps, n_updates=n_updates, prune_ratio=s.prune_ratio,
-            prune_schedule=s.prune_schedule, end_fraction=s.end_fraction, regrow=s.regrow,
-            regrow_init=s.regrow_init, regrow_pruned=s.regrow_pruned, seed=s.seed,
-            placement=s.placement)
-    except ValueError as exc:
-        path = controller_error_path(str(exc))
-        raise ConfigError(f"{path}: {exc} (training steps: {total_steps})", path) from None
-
-
-# The controller's messages name the argument ("...: argument 'prune_ratio' must ...");
-# these are the config fields that feed each argument.
-_CONTROLLER_ARGS = {
-    "n_updates": "sparsity.n_updates", "prune_ratio": "sparsity.prune_ratio",
-    "prune_schedule": "sparsity.prune_schedule", "schedule": "sparsity.prune_schedule",
-    "end_fraction": "sparsity.end_fraction", "regrow": "sparsity.regrow",
-    "regrow_init": "sparsity.regrow_init", "regrow_pruned": "sparsity.regrow_pruned",
-    "seed": "sparsity.seed", "placement": "sparsity.placement",
-    "total_steps": "training.training_steps",
-}
-
-
-def controller_error_path(message: str) -> str:
-    """The config path behind a DynSpController ValueError (`sparsity` when unknown).
-
-    >>> controller_error_path("UpdateSchedule: argument 'prune_ratio' must be in [0.0, 1.0]")
-    'sparsity.prune_ratio'
-    """
-    match = re.search(r"argument '([A-Za-z_]+)'", message)
-    return _CONTROLLER_ARGS.get(match.group(1), "sparsity") if match else "sparsity"
+        return DynSpController(model, optimizer, total_steps, cfg.sparsity.controller_settings())
+    except SettingsError as exc:
+        raise ConfigError(str(exc), exc.path, exc.expected, exc.value) from None
 
 
 def build_frozen_subset(cfg: Config, model: nn.Module) -> Any | None:

@@ -7,12 +7,15 @@ while building the layers.
 from __future__ import annotations
 
 from .distribution import DISTRIBUTIONS, layer_block_counts, layer_densities
-from .methods import METHODS, DynSpMethod, LayerPattern, PatternUpdate, get_method, register_method
+from .methods import METHODS, DynSpMethod, regrowth_names, LayerPattern, PatternUpdate, get_method, register_method
 from .schedules import PRUNE_SCHEDULES, UpdateSchedule, prune_ratio, update_steps
+from .settings import DynSpSettings, SettingsError
 
 __all__ = ["DISTRIBUTIONS", "layer_block_counts", "layer_densities", "METHODS", "DynSpMethod",
+           "regrowth_names",
            "LayerPattern", "PatternUpdate", "get_method", "register_method", "PRUNE_SCHEDULES",
-           "UpdateSchedule", "prune_ratio", "update_steps", "DynSpController"]
+           "UpdateSchedule", "prune_ratio", "update_steps", "DynSpSettings", "SettingsError",
+           "DynSpController"]
 
 
 def __getattr__(name: str):

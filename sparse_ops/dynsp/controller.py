@@ -23,6 +23,7 @@ the same sequence (the "RNG state" is the seed plus the update counter).
 from __future__ import annotations
 
 import time
+from dataclasses import fields, replace
 from typing import Callable, Optional, Union
 
 import torch
@@ -33,13 +34,11 @@ from .capture import GradientCapture
 from .methods import DynSpMethod, LayerPattern, PatternUpdate, get_method, max_prune
 from .metrics import LayerTracker
 from .prune import block_l1_norms
-from .regrow import REGROW_INITS, new_block_values
+from .regrow import new_block_values
 from .remap import check_optimizer_covers, gather_blocks, remap_param_state
-from .schedules import UpdateSchedule
+from .settings import DynSpSettings, SettingsError
 from .sync import all_reduce_sum, broadcast_updates, resolve_sync, verify_across_ranks
 
-PLACEMENTS = ("host", "device")
-REGROW_METHODS = ("random", "gradient")
 _STATE_VERSION = 1
 
 
@@ -76,51 +75,51 @@ def find_sparse_layers(modules: Union[nn.Module, dict]) -> dict[str, SparseLinea
     return found
 
 
-def _choice(arg: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"DynSpController: argument '{arg}' must be one of {choices}, got {value!r}")
-
-
 class DynSpController:
-    """Dynamic-sparsity pattern updates for a set of SparseLinear layers (DESIGN section 2).
+    """Dynamic-sparsity pattern updates for a set of SparseLinear layers.
 
     Args: modules (nn.Module to scan, or dict name -> SparseLinear); optimizer (its state
-    for the values is carried over; None: no state); total_steps T; n_updates (0 =
-    static); prune_ratio (pr_max); prune_schedule ("cosine" | "constant" | "linear");
-    end_fraction; regrow ("random" | "gradient"); regrow_init ("zero" | "normal");
-    regrow_pruned (allow re-growing just-pruned blocks); seed; placement ("host" |
-    "device"); sync ("auto" | "none" | "verify" | "broadcast", see sync.py); verify_fn
-    (called with {name: new sorted linear indices} after every update);
-    grad_chunk_elems (max dense-gradient entries held at once for RigL).
+    for the values is carried over; None: no state); total_steps T; settings (a
+    ``DynSpSettings``: n_updates, prune ratio and schedule, end_fraction, regrow,
+    regrow_init, regrow_pruned, placement, seed; a subclass such as the run config's
+    ``sparsity`` section works as is); ``**overrides`` replace single settings
+    (``DynSpController(model, opt, 100, n_updates=4)``). Runtime options: sync
+    ("auto" | "none" | "verify" | "broadcast", see sync.py); verify_fn (called with
+    {name: new sorted linear indices} after every update); grad_chunk_elems (max
+    dense-gradient entries held at once for RigL). Bad settings raise SettingsError
+    naming the field.
     """
 
     def __init__(self, modules: Union[nn.Module, dict], optimizer: Optional[torch.optim.Optimizer],
-                 total_steps: int, n_updates: int = 160, prune_ratio: float = 0.5,
-                 prune_schedule: str = "cosine", end_fraction: float = 1.0, regrow: str = "random",
-                 regrow_init: str = "zero", regrow_pruned: bool = False, seed: int = 0,
-                 placement: str = "host", sync: str = "auto",
+                 total_steps: int, settings: Optional[DynSpSettings] = None, *, sync: str = "auto",
                  verify_fn: Optional[Callable[[dict[str, Tensor]], None]] = None,
-                 grad_chunk_elems: int = 1 << 22) -> None:
-        _choice("regrow", regrow, REGROW_METHODS)
-        _choice("regrow_init", regrow_init, REGROW_INITS)
-        _choice("placement", placement, PLACEMENTS)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"DynSpController: argument 'seed' must be an int, got {seed!r}")
+                 grad_chunk_elems: int = 1 << 22, **overrides: object) -> None:
+        settings = settings if settings is not None else DynSpSettings()
+        if not isinstance(settings, DynSpSettings):
+            raise ValueError(f"DynSpController: argument 'settings' must be a DynSpSettings, "
+                             f"got {type(settings).__name__}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(DynSpSettings)})
+        if unknown:
+            raise ValueError(f"DynSpController: unknown setting(s) {unknown}; valid: "
+                             f"{[f.name for f in fields(DynSpSettings)]}")
+        if overrides:
+            settings = replace(settings, **overrides)
+        if settings.seed is None:
+            raise SettingsError(settings.path("seed"), "an integer (resolve it before building "
+                                "the controller)", None)
         if isinstance(grad_chunk_elems, bool) or not isinstance(grad_chunk_elems, int) or grad_chunk_elems < 1:
             raise ValueError(f"DynSpController: argument 'grad_chunk_elems' must be a positive int, "
                              f"got {grad_chunk_elems!r}")
+        self.settings = settings
         self.layers = find_sparse_layers(modules)
         self.optimizer = optimizer
         if optimizer is not None:
             check_optimizer_covers(optimizer, {n: m.values for n, m in self.layers.items()})
-        self.schedule = UpdateSchedule(total_steps, n_updates, prune_ratio, prune_schedule, end_fraction)
-        self.method: DynSpMethod = get_method("static" if n_updates == 0 else regrow,
-                                              regrow_pruned=regrow_pruned)
-        self.config = dict(total_steps=total_steps, n_updates=n_updates, prune_ratio=prune_ratio,
-                           prune_schedule=prune_schedule, end_fraction=end_fraction, regrow=regrow,
-                           regrow_init=regrow_init, regrow_pruned=regrow_pruned, seed=seed,
-                           placement=placement)
-        self.seed, self.placement, self.regrow_init = seed, placement, regrow_init
+        self.schedule = settings.schedule(total_steps)
+        self.method: DynSpMethod = get_method("static" if settings.n_updates == 0 else settings.regrow,
+                                              regrow_pruned=settings.regrow_pruned)
+        self.config = dict(total_steps=total_steps, **settings.dynsp_fields())
+        self.seed, self.placement, self.regrow_init = settings.seed, settings.placement, settings.regrow_init
         self.sync = resolve_sync(sync)
         self.verify_fn = verify_fn
         self.grad_chunk_elems = grad_chunk_elems

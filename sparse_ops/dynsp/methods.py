@@ -84,10 +84,16 @@ def max_prune(nnz: int, n_positions: int, regrow_pruned: bool) -> int:
 
 
 class DynSpMethod:
-    """Base class: prune the k smallest-score blocks, then ``grow`` k new positions."""
+    """Base class: prune the k smallest-score blocks, then ``grow`` k new positions.
+
+    A new method is one subclass with ``@register_method``: its ``name`` becomes a valid
+    ``regrow`` setting (settings.py), ``needs_gradient`` makes the controller capture X
+    and dY at update steps and the FLOPs count the dense gradient (flops.py)."""
 
     name: ClassVar[str] = ""
     needs_gradient: ClassVar[bool] = False
+    regrows: ClassVar[bool] = True
+    """False for `static` (used for n_updates = 0; never a `regrow` choice)."""
 
     def __init__(self, regrow_pruned: bool = False) -> None:
         if not isinstance(regrow_pruned, bool):
@@ -127,6 +133,15 @@ def register_method(cls: type[DynSpMethod]) -> type[DynSpMethod]:
     return cls
 
 
+def regrowth_names() -> tuple[str, ...]:
+    """Names valid as the ``regrow`` setting (every registered method that regrows).
+
+    >>> regrowth_names()
+    ('gradient', 'random')
+    """
+    return tuple(sorted(n for n, cls in METHODS.items() if cls.regrows))
+
+
 def get_method(name: str, **kwargs: object) -> DynSpMethod:
     """Instantiate the method registered as ``name``.
 
@@ -143,6 +158,7 @@ class StaticMethod(DynSpMethod):
     """Static sparsity: the pattern never changes (k is forced to 0)."""
 
     name = "static"
+    regrows = False
 
     def update(self, pattern: LayerPattern, k: int, generator: torch.Generator,
                grad_scores: Optional[GradScores] = None) -> PatternUpdate:

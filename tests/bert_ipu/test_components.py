@@ -1,14 +1,15 @@
-"""bert_ipu/train/build.py: the DynSp controller's argument errors name the config field."""
+"""The DynSp settings are one schema: the `sparsity` section *is* the controller's
+DynSpSettings, so every error names its config field without any mapping."""
 from __future__ import annotations
 
-import doctest
+import dataclasses
 
 import pytest
 
-from bert_ipu.train import build as components
-from bert_ipu.train.build import build_controller, controller_error_path
-from bert_ipu.config import ConfigError, load_config
+from bert_ipu.config import ConfigError, SparsityConfig, load_config
 from bert_ipu.model import build_model
+from bert_ipu.train.build import build_controller
+from sparse_ops.dynsp import DynSpSettings, SettingsError
 
 SPARSE = ["model.size=tiny", "data.vocab_size=512", "sparsity.method=dynamic",
           "sparsity.sparsity=0.5", "sparsity.block_size=16"]
@@ -35,25 +36,32 @@ def test_a_short_end_fraction_is_reported_through_n_updates_with_t_end():
     assert err.path == "sparsity.n_updates" and "T_end = 1.0" in str(err)
 
 
-@pytest.mark.parametrize("argument,path", [
-    ("prune_ratio", "sparsity.prune_ratio"), ("prune_schedule", "sparsity.prune_schedule"),
-    ("end_fraction", "sparsity.end_fraction"), ("regrow", "sparsity.regrow"),
-    ("regrow_init", "sparsity.regrow_init"), ("regrow_pruned", "sparsity.regrow_pruned"),
-    ("seed", "sparsity.seed"), ("placement", "sparsity.placement"),
-    ("total_steps", "training.training_steps"), ("something_new", "sparsity"),
+@pytest.mark.parametrize("override,path", [
+    ("prune_ratio=1.5", "sparsity.prune_ratio"), ("prune_schedule=exp", "sparsity.prune_schedule"),
+    ("end_fraction=0", "sparsity.end_fraction"), ("regrow=magic", "sparsity.regrow"),
+    ("regrow_init=ones", "sparsity.regrow_init"), ("placement=gpu", "sparsity.placement"),
+    ("n_updates=-1", "sparsity.n_updates"), ("seed=-3", "sparsity.seed"),
 ])
-def test_each_controller_argument_maps_to_its_config_field(monkeypatch, argument, path):
-    class Refusing:
-        def __init__(self, *args, **kwargs):
-            raise ValueError(f"DynSpController: argument '{argument}' must be better, got 1")
-
-    import sparse_ops.dynsp.controller as ctrl
-
-    monkeypatch.setattr(ctrl, "DynSpController", Refusing)
-    err = _controller_error([], total_steps=100)
-    assert err.path == path and str(err).startswith(f"{path}: DynSpController: argument")
+def test_every_dynsp_setting_names_its_config_field(override, path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, SPARSE + [f"sparsity.{override}"])
+    assert info.value.path == path and str(info.value).startswith(f"{path}: expected")
 
 
-def test_unnamed_messages_fall_back_to_the_section():
-    assert controller_error_path("something odd happened") == "sparsity"
-    assert doctest.testmod(components).failed == 0
+def test_the_sparsity_section_is_the_controllers_settings():
+    """One declaration: the section subclasses DynSpSettings and adds only layer fields."""
+    assert issubclass(SparsityConfig, DynSpSettings)
+    own = {f.name for f in dataclasses.fields(DynSpSettings)}
+    added = {f.name for f in dataclasses.fields(SparsityConfig)} - own
+    assert added == {"method", "sparsity", "block_size", "distribution", "inactive",
+                     "freeze_fraction", "freeze_until_step", "freeze_from_step", "backend"}
+    cfg = load_config(None, SPARSE + ["sparsity.n_updates=3"])
+    controller = build_controller(cfg, build_model(cfg.model, cfg.sparsity, seed=0), None, 40)
+    assert controller.settings is cfg.sparsity and controller.schedule.steps == (10, 20, 30)
+    static = load_config(None, SPARSE + ["sparsity.method=static"])
+    assert static.sparsity.controller_settings().n_updates == 0
+
+
+def test_library_users_get_the_settings_class_name():
+    with pytest.raises(SettingsError, match=r"^DynSpSettings\.prune_ratio: expected a number"):
+        DynSpSettings(prune_ratio=2.0)
