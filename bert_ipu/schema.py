@@ -314,10 +314,18 @@ def coerce_fields(obj: Any, prefix: str) -> None:
     hints = get_type_hints(type(obj))
     for field in dataclasses.fields(obj):
         path = f"{prefix}.{field.name}" if prefix else field.name
-        value = coerce(getattr(obj, field.name), hints[field.name], path)
-        valid = field_choices(field)
+        raw, valid = getattr(obj, field.name), field_choices(field)
+        try:
+            value = coerce(raw, hints[field.name], path)
+        except ConfigError:
+            if valid is None:
+                raise
+            value = _NO  # a value of the wrong type: say which names are valid
         if valid is not None and value is not None and value not in valid:
-            raise fail(path, "one of " + ", ".join(repr(v) for v in valid), value)
+            optional = get_origin(hints[field.name]) in (Union, types.UnionType) and \
+                type(None) in get_args(hints[field.name])
+            words = "one of " + ", ".join(repr(v) for v in valid) + (" or null" if optional else "")
+            raise fail(path, words, raw)
         object.__setattr__(obj, field.name, value)
 
 

@@ -15,11 +15,15 @@ from bert_ipu.schema import (
     ConfigError, check_ranges as _check_ranges, choices, coerce_fields, need as _need,
     nonneg as _nonneg, pos as _pos, unit_open as _unit_open,
 )
+from bert_ipu.devices import DEVICE_KINDS
+from bert_ipu.model.sizes import MODEL_SIZES
+from bert_ipu.train.optim import SCHEDULES as LR_SCHEDULES
+from bert_ipu.train.precision import PRECISIONS
 from sparse_ops.dynsp.distribution import DISTRIBUTIONS
 from sparse_ops.dynsp.settings import DynSpSettings, SettingsError
-from sparse_ops.kernels import AUTO, KNOWN_NAMES
+from sparse_ops.format import VALID_BLOCK_SIZES
+from sparse_ops.kernels import AUTO, backend_names
 from sparse_ops.linear import INACTIVE_MODES
-from bert_ipu.model.sizes import MODEL_SIZES
 
 __all__ = ["ModelConfig", "SparsityConfig", "TrainingConfig",
            "CheckpointConfig", "LoggingConfig"]
@@ -29,16 +33,13 @@ def _seed(v: int) -> bool:
     return 0 <= v < 2**63
 
 
-SizeName = Literal["tiny", "mini", "small", "medium", "base"]
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """BERT shape (Hugging Face BertConfig names) and regularisation."""
 
     SECTION: ClassVar[str] = "model"
-    size: SizeName | None = "base"
-    """Preset of DESIGN section 2 (tiny..base) filling the shape fields left null."""
+    size: str | None = field(default="base", metadata=choices(lambda: tuple(MODEL_SIZES)))
+    """Size preset (bert_ipu/model/sizes.py: tiny..base) filling the shape fields left null."""
     hidden_size: int | None = None
     """Hidden width H (null: from `size`)."""
     num_hidden_layers: int | None = None
@@ -107,7 +108,7 @@ class SparsityConfig(DynSpSettings):
     """dense baseline, static random pattern, or dynamic (DynSp) pattern updates."""
     sparsity: float = 0.0
     """Fraction of inactive blocks in every sparse layer, in [0, 1); 0 iff dense."""
-    block_size: Literal[1, 4, 8, 16] = 16
+    block_size: int = field(default=16, metadata=choices(lambda: VALID_BLOCK_SIZES))
     """B x B blocks (1 = unstructured); must divide hidden and intermediate sizes."""
     distribution: str = field(default="uniform", metadata=choices(lambda: DISTRIBUTIONS))
     """Per-layer densities: the same everywhere (uniform), or erdos_renyi (same total)."""
@@ -119,7 +120,7 @@ class SparsityConfig(DynSpSettings):
     """Frozen weights unfreeze at this step (first-half ablation)."""
     freeze_from_step: int | None = None
     """Weights freeze from this step on (second-half ablation)."""
-    backend: str = field(default="auto", metadata=choices(lambda: (AUTO,) + KNOWN_NAMES))
+    backend: str = field(default="auto", metadata=choices(lambda: [AUTO] + backend_names()))
     """Sparse matmul kernel backend of SparseLinear (auto: measured rules per device)."""
     seed: int | None = None
     """Seed of the initial patterns and of the pattern updates (null: training.seed)."""
@@ -180,7 +181,7 @@ class TrainingConfig:
     """Peak learning rate."""
     lr_warmup: int | float = 10000
     """Warmup: steps (int) or a fraction of the run (float in [0, 1))."""
-    lr_schedule: Literal["linear", "constant", "cosine"] = "linear"
+    lr_schedule: str = field(default="linear", metadata=choices(lambda: LR_SCHEDULES))
     """Decay after warmup."""
     weight_decay: float = 0.01
     """AdamW weight decay (never on biases and LayerNorm)."""
@@ -190,7 +191,7 @@ class TrainingConfig:
     """AdamW epsilon."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip (0 = off)."""
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    precision: str = field(default="fp32", metadata=choices(lambda: PRECISIONS))
     """Matmul precision (auto: bf16 on CUDA or AMX CPUs, else fp32); masters stay fp32."""
     loss_scaling: float = 512.0
     """fp16 static loss scale (the initial scale when auto_loss_scaling)."""
@@ -202,7 +203,7 @@ class TrainingConfig:
     """Consecutive non-finite losses tolerated before the run stops."""
     seed: int = 42
     """Seed of weight init (and of data/sparsity when theirs are null)."""
-    device: Literal["auto", "cpu", "cuda", "ipu"] = "auto"
+    device: str = field(default="auto", metadata=choices(lambda: DEVICE_KINDS))
     """Where to train (auto: cuda if available, else cpu)."""
     layers_per_ipu: tuple[int, ...] | None = None
     """IPU pipeline: encoder layers per stage; must sum to model.num_hidden_layers."""

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from sparse_ops.format import BlockSparseMatrix
-from sparse_ops.kernels import Backend, cached, register_backend
+from sparse_ops.kernels.registry import Backend, cached, loaded_backend, register_backend
+
 
 def _block_view(dense: Tensor, w: BlockSparseMatrix) -> Tensor:
     """[O, I] -> strided view [O/B, I/B, B, B] of the same storage."""
@@ -225,7 +226,5 @@ def auto_backend_name(device: torch.device, dtype: torch.dtype, block_size: int,
 
 
 def _triton_supports(device: torch.device, dtype: torch.dtype, block_size: int) -> bool:
-    from sparse_ops.kernels import _REGISTRY  # the registry, including a lazily loaded triton
-
-    backend = _REGISTRY.get("triton")
+    backend = loaded_backend("triton")  # declared; imported by select_backend for CUDA
     return backend is not None and backend.supports(device, dtype, block_size)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from sparse_ops.format import BlockSparseMatrix
-from sparse_ops.kernels import Backend, register_backend
+from sparse_ops.kernels.registry import Backend, register_backend
 
 _CHUNK_ELEMS = 1 << 23
 

@@ -23,7 +23,7 @@ import triton
 from torch import Tensor
 
 from sparse_ops.format import BlockSparseMatrix
-from sparse_ops.kernels import Backend, backend_names, cached, register_backend
+from sparse_ops.kernels.registry import Backend, cached, is_registered, register_backend
 from sparse_ops.kernels.triton_compat import patch_interpreter_index
 from sparse_ops.kernels.triton_index import BsrIndex, build_index, get_index
 from sparse_ops.kernels.triton_kernels import _dsd_kernel, _sdd_kernel, dsd_configs, sdd_configs
@@ -269,5 +269,5 @@ class TritonBackend(Backend):
                            index=self._index(w))
 
 
-if "triton" not in backend_names():
+if not is_registered("triton"):
     register_backend(TritonBackend())
