@@ -33,19 +33,15 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from bert_ipu.devices import distributed as D
-from bert_ipu.train import outputs as run_io
-from bert_ipu.train.build import (Components, build_components, build_controller,
-                                 build_frozen_subset, flops_counter, seed_everything)
 from bert_ipu.config import Config, load_config
 from bert_ipu.devices import resolve_device
-from bert_ipu.train.metrics import MetricsWriter, Progress
-from bert_ipu.model import build_model, encoder_linear_shapes, parameter_groups
-from bert_ipu.train.optim import LRSchedule, build_optimizer, trainable_params, warmup_steps_from
-from bert_ipu.train.precision import build_loss_scaler, resolve_precision
-from bert_ipu.train.state import TrainState
-from bert_ipu.train.signals import StopRequest
+from bert_ipu.model import encoder_linear_shapes
+from bert_ipu.train import outputs as run_io
+from bert_ipu.train.build import Components, build_components
 from bert_ipu.train.loop import Run, TrainerHooks, train_step
+from bert_ipu.train.metrics import MetricsWriter, Progress
+from bert_ipu.train.signals import StopRequest
+from bert_ipu.train.state import TrainState
 from sparse_ops.bench import PeakMemory, layer_update_ms
 from sparse_ops.memory import state_bytes
 
@@ -96,38 +92,9 @@ def synthetic_batches(cfg: Config, count: int = 4, seed: int = 0) -> Iterator[Ba
 # ------------------------------------------------------------------ components and runs
 def build_bench_components(cfg: Config, synthetic: bool = True,
                            log: Callable[[str], None] = _quiet) -> Components:
-    """The run's components. `synthetic=False`: exactly `build_components(cfg)` (data
-    included). `synthetic=True`: the same builders without the data stage (no corpus,
-    no tokenizer; `train_loader` is None), single process; needs
-    `training.training_steps`. Mirrors `components.build_components` minus data, IPU
-    and DDP."""
-    if not synthetic:
-        return build_components(cfg, log)
-    t = cfg.training
-    if t.training_steps is None:
-        raise ValueError("build_bench_components: argument 'cfg' must set "
-                         "training.training_steps with synthetic data, got None")
-    device = resolve_device(t.device)
-    if device.kind == "ipu":
-        raise ValueError("build_bench_components: training.device 'ipu' is not benchmarked here")
-    seed_everything(t.seed)
-    core = build_model(cfg.model, cfg.sparsity, seed=t.seed).to(device.torch_device)
-    optimizer = build_optimizer(parameter_groups(core, t.weight_decay), t.learning_rate,
-                                betas=tuple(t.adam_betas), eps=t.adam_eps)
-    precision = resolve_precision(t.precision, device.torch_device)
-    total = t.training_steps
-    return Components(
-        cfg=cfg, device=device, dist=D.DistInfo(), precision=precision,
-        model=torch.compile(core) if t.compile else core, core=core, optimizer=optimizer,
-        params=trainable_params(optimizer),
-        schedule=LRSchedule(t.learning_rate, total, warmup_steps_from(t.lr_warmup, total),
-                            t.lr_schedule),
-        scaler=build_loss_scaler(precision, t.loss_scaling, t.auto_loss_scaling,
-                                 t.loss_scaling_growth_interval),
-        controller=build_controller(cfg, core, optimizer, total),
-        frozen=build_frozen_subset(cfg, core), train_loader=None,  # type: ignore[arg-type]
-        eval_dataset=None, total_steps=total,
-        sequences_per_step=t.micro_batch_size * t.gradient_accumulation, flops=flops_counter(cfg, core))
+    """The run's components from the one builder (`bert_ipu.train.build`): with
+    `synthetic`, without the data stage (needs training.training_steps)."""
+    return build_components(cfg, log, data=not synthetic)
 
 
 def make_run(c: Components, batches: Iterator[Batch]) -> Run:

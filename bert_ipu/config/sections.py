@@ -15,7 +15,7 @@ from bert_ipu.schema import (
     ConfigError, check_ranges as _check_ranges, choices, coerce_fields, need as _need,
     nonneg as _nonneg, pos as _pos, unit_open as _unit_open,
 )
-from bert_ipu.devices import DEVICE_KINDS
+from bert_ipu.devices import device_kinds
 from bert_ipu.model.sizes import MODEL_SIZES
 from bert_ipu.train.optim import SCHEDULES as LR_SCHEDULES
 from bert_ipu.train.precision import PRECISIONS
@@ -203,7 +203,7 @@ class TrainingConfig:
     """Consecutive non-finite losses tolerated before the run stops."""
     seed: int = 42
     """Seed of weight init (and of data/sparsity when theirs are null)."""
-    device: str = field(default="auto", metadata=choices(lambda: DEVICE_KINDS))
+    device: str = field(default="auto", metadata=choices(device_kinds))
     """Where to train (auto: cuda if available, else cpu)."""
     layers_per_ipu: tuple[int, ...] | None = None
     """IPU pipeline: encoder layers per stage; must sum to model.num_hidden_layers."""

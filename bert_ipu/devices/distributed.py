@@ -1,24 +1,19 @@
 """Data-parallel training under torchrun (`WORLD_SIZE > 1`): gloo on CPU, nccl on CUDA.
 
 Rank 0 writes every output; all ranks run the DynSp controller with the same seed
-stream, and `verify_same_patterns` checks after every update that they agree bit for
-bit (DESIGN section 2).
+stream, and the controller verifies after every update that they agree bit for bit
+(sparse_ops/dynsp/sync.py).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-
-
-class PatternMismatchError(RuntimeError):
-    """Ranks ended a pattern update with different sparsity patterns."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +42,11 @@ def from_environment() -> DistInfo:
     )
 
 
-def init(info: DistInfo, device_kind: str) -> None:
-    """Join the process group (no-op for a single process)."""
+def init(info: DistInfo, backend: str) -> None:
+    """Join the process group with `backend` (the device's: gloo, nccl); no-op for a
+    single process."""
     if not info.enabled or dist.is_initialized():
         return
-    backend = "nccl" if device_kind == "cuda" else "gloo"
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
 
 
@@ -64,8 +59,8 @@ def shutdown() -> None:
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     """DistributedDataParallel around `model` when distributed, else the model itself.
 
-    Buffers (sparse patterns) are not broadcast: each rank computes them and
-    `verify_same_patterns` proves they agree instead of silently overwriting."""
+    Buffers (sparse patterns) are not broadcast: each rank computes them and the DynSp
+    controller proves they agree instead of silently overwriting."""
     if not info.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
@@ -77,35 +72,6 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _pattern_buffers(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    for name, buf in unwrap(model).named_buffers():
-        if name.rsplit(".", 1)[-1] in ("rows", "cols"):
-            yield name, buf
-
-
-def pattern_digest(model: nn.Module) -> bytes:
-    """sha256 over every SparseLinear's rows and cols (32 bytes)."""
-    digest = hashlib.sha256()
-    for name, buf in _pattern_buffers(model):
-        digest.update(name.encode())
-        digest.update(buf.detach().cpu().contiguous().numpy().tobytes())
-    return digest.digest()
-
-
-def verify_same_patterns(model: nn.Module, info: DistInfo, device: torch.device) -> None:
-    """Raise PatternMismatchError naming the ranks whose patterns differ from rank 0."""
-    if not info.enabled:
-        return
-    mine = torch.tensor(list(pattern_digest(model)), dtype=torch.uint8, device=device)
-    gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
-    dist.all_gather(gathered, mine)
-    bad = [r for r, g in enumerate(gathered) if not torch.equal(g, gathered[0])]
-    if bad:
-        raise PatternMismatchError(
-            f"sparsity patterns differ from rank 0 on ranks {bad} after a pattern update"
-        )
 
 
 def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:

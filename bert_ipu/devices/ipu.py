@@ -15,6 +15,7 @@ This module is never imported on CPU or CUDA runs (see `bert_ipu.devices`).
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import poptorch  # noqa: F401  (ImportError here is the point: no SDK, no IPU path)
@@ -23,6 +24,7 @@ from torch import nn
 
 from bert_ipu.devices.ipu_state import DeviceMoments
 from bert_ipu.model import sparse_modules
+from bert_ipu.train.step import StepResult
 
 
 def stage_boundaries(layers_per_ipu: Sequence[int]) -> list[int]:
@@ -113,6 +115,8 @@ class IpuRunner:
     device state and is what checkpoints save and resume loads. `moments` is what the
     controller is given as its optimizer (see bert_ipu/devices/ipu_state.py)."""
 
+    precision = "fp16"
+
     def __init__(self, model: nn.Module, groups: Sequence[dict[str, Any]], cfg: Any) -> None:
         t = cfg.training
         self.model = model
@@ -122,10 +126,27 @@ class IpuRunner:
                               pipelined=len(layers) > 1, auto_loss_scaling=t.auto_loss_scaling)
         self.compiled = training_model(model, self.optimizer, layers, options)
         self.micro_batches = t.gradient_accumulation * t.replication_factor
+        self.replicas = t.replication_factor
         self.moments = DeviceMoments({f"{name}.values": m.values
                                       for name, m in sparse_modules(model).items()})
+        self.controller_optimizer = self.moments
 
-    def step(self, batches: list[dict[str, torch.Tensor]], lr: float) -> dict[str, float]:
+    def step(self, run: Any, t: int) -> StepResult:
+        """One PopTorch call runs accumulation, replication, clipping and AdamW on the
+        device; the controller then edits the host model, which is copied back."""
+        c = run.c
+        batches = [next(run.batches) for _ in range(self.micro_batches)]
+        lr = c.schedule(t)
+        run.state.step_sums = self.run_batches(batches, lr)
+        run.timer.add(c.sequences_per_step)
+        update = self.pattern_update(c.controller, t) if c.controller is not None else None
+        return StepResult(lr, math.nan, True, update)
+
+    def eval_model(self, core: nn.Module) -> tuple[nn.Module, str]:
+        """An fp32 host copy of the weights trained on the device, evaluated on the CPU."""
+        return self.host_eval_model(), "fp32"
+
+    def run_batches(self, batches: list[dict[str, torch.Tensor]], lr: float) -> dict[str, float]:
         """Forward, backward and AdamW over `batches` (accumulation x replicas)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr

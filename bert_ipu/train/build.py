@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bert_ipu.devices import distributed as D
 from bert_ipu.config import Config, ConfigError
 from bert_ipu.data import PretrainingDataset, PretrainingLoader, build_datasets
 from bert_ipu.devices import Device, resolve_device
+from bert_ipu.devices import distributed as D
 from bert_ipu.model import build_model, encoder_linear_shapes, parameter_groups, sparse_modules
-from bert_ipu.train.optim import LRSchedule, build_optimizer, trainable_params, warmup_steps_from
-from bert_ipu.train.precision import LossScaler, build_loss_scaler, resolve_precision
+from bert_ipu.train.optim import LRSchedule, trainable_params, warmup_steps_from
+from bert_ipu.train.precision import LossScaler, build_loss_scaler
 
 Log = Callable[[str], None]
 
@@ -55,13 +55,14 @@ class Components:
     scaler: LossScaler
     controller: Any | None
     frozen: Any | None
-    train_loader: PretrainingLoader
+    train_loader: PretrainingLoader | None
+    """None when built without data (benchmarks feed their own batches)."""
     eval_dataset: PretrainingDataset | None
     total_steps: int
     sequences_per_step: int
     flops: FlopsCounter
-    ipu: Any | None = None
-    """bert_ipu.devices.ipu.IpuRunner when training on IPUs (PopTorch), else None."""
+    runner: Any
+    """The device's step runner (bert_ipu/train/step.py: TorchStepRunner, or the IPU's)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -87,10 +88,10 @@ def build_loaders(cfg: Config, info: D.DistInfo, log: Log
     return train, eval_ds
 
 
-def total_training_steps(cfg: Config, loader: PretrainingLoader) -> int:
+def total_training_steps(cfg: Config, loader: PretrainingLoader | None) -> int:
     """training.training_steps, else ceil(epochs x batches per epoch / accumulation)."""
     t = cfg.training
-    if t.training_steps is not None:
+    if t.training_steps is not None or loader is None:
         return t.training_steps
     return max(1, math.ceil(t.epochs * len(loader) / t.gradient_accumulation))
 
@@ -141,51 +142,34 @@ def flops_counter(cfg: Config, core: nn.Module) -> FlopsCounter:
     return FlopsCounter(float(per_seq), rigl)
 
 
-def build_components(cfg: Config, log: Log = print) -> Components:
-    """Device, data, model, optimizer, schedule, scaler, controller: ready to train."""
-    info = D.from_environment()
-    device = resolve_device(cfg.training.device, info.local_rank)
-    D.init(info, device.kind)
-    seed_everything(cfg.training.seed)
-    train, held_out = build_loaders(cfg, info, log)
-    total = total_training_steps(cfg, train)
+def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Components:
+    """Device, data, model, optimizer, schedule, scaler, controller: ready to train.
+
+    The one composition root of a run: the trainer and every tool build through it.
+    `data=False` skips the data stage (no corpus, no tokenizer: `train_loader` and
+    `eval_dataset` are None) for callers that feed their own batches (benchmarks); the
+    step count must then come from training.training_steps."""
     t = cfg.training
+    if not data and t.training_steps is None:
+        raise ConfigError("training.training_steps: expected a step count when the run is "
+                          "built without data (nothing to count epochs over), got None",
+                          "training.training_steps")
+    info = D.from_environment()
+    device = resolve_device(t.device, info.local_rank)
+    D.init(info, device.distributed_backend)
+    seed_everything(t.seed)
+    train, held_out = build_loaders(cfg, info, log) if data else (None, None)
+    total = total_training_steps(cfg, train)
     core = build_model(cfg.model, cfg.sparsity, seed=t.seed).to(device.torch_device)
-    groups = parameter_groups(core, t.weight_decay)
-    ipu = _ipu_runner(cfg, core, groups) if device.kind == "ipu" else None
-    # On IPUs the PopTorch AdamW (state on the device) is the run's optimizer.
-    optimizer = ipu.optimizer if ipu else build_optimizer(
-        groups, t.learning_rate, betas=tuple(t.adam_betas), eps=t.adam_eps)
-    precision = "fp16" if ipu else resolve_precision(t.precision, device.torch_device)
-    replicas = t.replication_factor if ipu else info.world_size
+    runner = device.step_runner(core, parameter_groups(core, t.weight_decay), cfg, info, log)
     return Components(
-        cfg=cfg, device=device, dist=info, precision=precision,
-        model=_wrap(core, cfg, info, device, log), core=core, optimizer=optimizer,
-        params=trainable_params(optimizer),
+        cfg=cfg, device=device, dist=info, precision=runner.precision, model=runner.model,
+        core=core, optimizer=runner.optimizer, params=trainable_params(runner.optimizer),
         schedule=LRSchedule(t.learning_rate, total, warmup_steps_from(t.lr_warmup, total),
                             t.lr_schedule),
-        scaler=build_loss_scaler(precision, t.loss_scaling, t.auto_loss_scaling,
+        scaler=build_loss_scaler(runner.precision, t.loss_scaling, t.auto_loss_scaling,
                                  t.loss_scaling_growth_interval),
-        controller=build_controller(cfg, core, ipu.moments if ipu else optimizer, total),
+        controller=build_controller(cfg, core, runner.controller_optimizer, total),
         frozen=build_frozen_subset(cfg, core), train_loader=train, eval_dataset=held_out,
         total_steps=total, sequences_per_step=t.micro_batch_size * t.gradient_accumulation
-        * replicas, flops=flops_counter(cfg, core), ipu=ipu)
-
-
-def _wrap(core: nn.Module, cfg: Config, info: D.DistInfo, device: Device, log: Log
-          ) -> nn.Module:
-    """torch.compile (training.compile) inside DDP (several ranks); the checkpointed
-    state always comes from the unwrapped `core`."""
-    t = cfg.training
-    if device.kind != "ipu" and t.replication_factor != info.world_size and info.is_main:
-        log(f"warning: training.replication_factor={t.replication_factor} is used on IPUs "
-            f"only; this run has {info.world_size} data-parallel rank(s) (WORLD_SIZE)")
-    model = torch.compile(core) if t.compile and device.kind != "ipu" else core
-    return D.wrap_model(model, info, device.torch_device)
-
-
-def _ipu_runner(cfg: Config, core: nn.Module, groups: list[dict[str, Any]]) -> Any:
-    """The PopTorch path; imported only here, so CPU/CUDA runs never need poptorch."""
-    from bert_ipu.devices.ipu import IpuRunner
-
-    return IpuRunner(core, groups, cfg)
+        * runner.replicas, flops=flops_counter(cfg, core), runner=runner)

@@ -1,41 +1,39 @@
 """The training loop, readable top to bottom.
 
     train(cfg)                       build components, maybe resume, loop, finish
-      train_step(run)                one optimizer step t:
-        forward_backward(run, ...)     per micro-batch, under autocast, loss scaled
-        optimizer_update(run, t)       unscale, finite check, clip, optimizer.step()
+      train_step(run)                one optimizer step t, on the device's step runner
+        runner.step(run, t)            (step.py, torch devices) per micro-batch: forward
+                                       under autocast, loss scaled, backward; then
+                                       unscale, finite check, clip, optimizer.step(),
           controller.step(t)           <- DynSp pattern update, RIGHT AFTER optimizer.step()
+        count_step(run, t, result)     counters, FLOPs, the step's metrics record
       after_step(run, ...)           metrics.jsonl, evaluation, periodic checkpoints
     finish(run)                      final evaluation, checkpoint, eval.json, summary.json
 
 Resume is exact on CPU: a checkpoint holds every counter, every RNG state and the
 data position, and (when a signal stopped the run between micro-batches) the
-accumulated gradients; see `run_state.py` for the granularity.
+accumulated gradients; see `state.py` for the granularity.
 """
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.config import Config
 from bert_ipu.devices import distributed as D
+from bert_ipu.train import checkpoint as ck
 from bert_ipu.train import outputs as run_io
 from bert_ipu.train.build import Components, build_components
-from bert_ipu.config import Config
-from bert_ipu.train.evaluate import eval_batches, evaluate, to_device
+from bert_ipu.train.evaluate import eval_batches, evaluate
 from bert_ipu.train.metrics import MetricsWriter, Progress, Throughput
-from bert_ipu.train.optim import clip_gradients, set_lr
-from bert_ipu.train.precision import autocast, grads_are_finite
-from bert_ipu.train.state import TrainState
 from bert_ipu.train.signals import StopRequest, TrainingInterrupted
-
-LOSS_KEYS = ("loss", "mlm_loss", "nsp_loss")
+from bert_ipu.train.state import TrainState
+from bert_ipu.train.step import LOSS_KEYS, StepResult, poll_stop_hook
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,108 +116,18 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
 
 # ------------------------------------------------------------------ one step
 def train_step(run: Run) -> dict[str, Any] | None:
-    """Accumulate the micro-batches of step t and apply the update; None when a stop
+    """Step t on the device's step runner (bert_ipu/train/step.py: forward/backward per
+    micro-batch, optimizer step, DynSp controller), then the counters; None when a stop
     was requested mid-accumulation (the caller checkpoints that position)."""
+    t = run.state.step
+    result = run.c.runner.step(run, t)
+    return None if result is None else count_step(run, t, result)
+
+
+def count_step(run: Run, t: int, result: StepResult) -> dict[str, Any]:
+    """Advance the counters past step t; the metrics record of the step."""
     c, state = run.c, run.state
-    t = state.step
-    if c.ipu is not None:
-        return ipu_step(run, t)
-    if c.controller is not None:
-        c.controller.before_step(t)  # arms X/dY capture when a RigL update follows t
-    accumulation = c.cfg.training.gradient_accumulation
-    while state.micro_step < accumulation:
-        last = state.micro_step == accumulation - 1
-        forward_backward(run, next(run.batches), t, last)
-        state.micro_step += 1
-        run.timer.add(c.cfg.training.micro_batch_size * c.dist.world_size)
-        if not last and _stop_now(run, t):
-            flush_losses(run)  # the checkpoint of this position holds the partial sums
-            return None
-    return optimizer_update(run, t)
-
-
-def ipu_step(run: Run, t: int) -> dict[str, Any]:
-    """IPU: one PopTorch call runs accumulation, replication, clipping and AdamW on the
-    device; the controller then edits the host model, which is copied back."""
-    c = run.c
-    batches = [next(run.batches) for _ in range(c.ipu.micro_batches)]
-    lr = c.schedule(t)
-    run.state.step_sums = c.ipu.step(batches, lr)
-    run.timer.add(c.sequences_per_step)
-    update = c.ipu.pattern_update(c.controller, t) if c.controller is not None else None
-    return _count_step(run, t, lr, math.nan, True, update)
-
-
-def forward_backward(run: Run, batch: dict[str, torch.Tensor], t: int, last: bool) -> None:
-    """One micro-batch: forward under autocast, scaled loss / accumulation, backward."""
-    c = run.c
-    accumulation = c.cfg.training.gradient_accumulation
-    sync = nullcontext() if last or not c.dist.enabled else c.model.no_sync()
-    with sync:
-        with autocast(c.precision, c.device.torch_device):
-            out = c.model(**run_io.model_inputs(to_device(batch, c.device.torch_device)))
-        loss = out.loss
-        if run.hooks.loss_multiplier is not None:
-            loss = loss * run.hooks.loss_multiplier(t)
-        c.scaler.scale_loss(loss / accumulation).backward()
-    # Kept on the device: one host sync per step (flush_losses), not three per micro-batch.
-    run.pending_losses.append(torch.stack([v.detach().float() for v in (loss, out.mlm_loss,
-                                                                         out.nsp_loss)]))
-
-
-def flush_losses(run: Run) -> None:
-    """Add the pending micro-batch losses into state.step_sums in micro-batch order,
-    each divided by the accumulation (the same arithmetic as summing them one by one)."""
-    if not run.pending_losses:
-        return
-    values = torch.stack(run.pending_losses).tolist()  # [micro, 3]; one device sync
-    run.pending_losses.clear()
-    accumulation = run.c.cfg.training.gradient_accumulation
-    sums = run.state.step_sums
-    for row in values:
-        for key, value in zip(LOSS_KEYS, row):
-            sums[key] = sums.get(key, 0.0) + value / accumulation
-
-
-def _stop_now(run: Run, t: int) -> bool:
-    """Stop between micro-batches? Only when that position can be resumed exactly:
-    single process (gradients are rank-local until the last micro-batch) and no RigL
-    capture in flight (its X/dY pairs are not checkpointed)."""
-    _poll_stop_hook(run)
-    if not run.stop.requested or run.c.dist.enabled:
-        return False
-    ctrl = run.c.controller
-    return not (ctrl is not None and ctrl.method.needs_gradient and ctrl.is_update_step(t))
-
-
-def optimizer_update(run: Run, t: int) -> dict[str, Any]:
-    """Unscale, check, clip, step; then the controller, then the counters."""
-    c, state = run.c, run.state
-    c.scaler.unscale_(c.params)
-    flush_losses(run)
-    loss = state.step_sums.get("loss", math.nan)
-    finite = math.isfinite(loss) and grads_are_finite(c.params)
-    finite = not D.any_rank(not finite, c.dist, c.device.torch_device)
-    if c.frozen is not None:
-        c.frozen.apply(t)
-    grad_norm = clip_gradients(c.params, c.cfg.training.max_grad_norm) if finite else math.nan
-    lr = c.schedule(t)
-    set_lr(c.optimizer, lr)
-    applied = c.scaler.update(found_nonfinite=not finite)
-    if applied:
-        c.optimizer.step()
-        if c.frozen is not None:
-            c.frozen.after_optimizer_step()
-    update = c.controller.step(t) if c.controller is not None else None  # DynSp, right here
-    if update is not None:
-        D.verify_same_patterns(c.core, c.dist, c.device.torch_device)
-    c.optimizer.zero_grad(set_to_none=True)
-    return _count_step(run, t, lr, grad_norm, applied, update)
-
-
-def _count_step(run: Run, t: int, lr: float, grad_norm: float, applied: bool,
-                update: dict[str, Any] | None) -> dict[str, Any]:
-    c, state = run.c, run.state
+    lr, grad_norm, applied, update = result.lr, result.grad_norm, result.applied, result.update
     sums, state.step_sums = state.step_sums, {}
     sums = {k: D.all_reduce_mean(v, c.dist, c.device.torch_device) for k, v in sums.items()}
     state.step, state.micro_step = t + 1, 0
@@ -273,13 +181,7 @@ def after_step(run: Run, record: dict[str, Any]) -> None:
         log_record(run, record)
     else:
         run.progress.update(1, record["loss"], run.timer.peek())
-    _poll_stop_hook(run)
-
-
-def _poll_stop_hook(run: Run) -> None:
-    """Test hook: request a stop once position `hooks.stop_at` is reached."""
-    if run.hooks.stop_at == (run.state.step, run.state.micro_step):
-        run.stop.request()
+    poll_stop_hook(run)
 
 
 def log_record(run: Run, record: dict[str, Any]) -> None:
@@ -298,9 +200,7 @@ def run_eval(run: Run) -> dict[str, float]:
     c = run.c
     if c.eval_dataset is None:
         return {}
-    model, precision = c.core, c.precision
-    if c.ipu is not None:  # an fp32 host copy of the weights trained on the device
-        model, precision = c.ipu.host_eval_model(), "fp32"
+    model, precision = c.runner.eval_model(c.core)  # IPU: an fp32 host copy
     batches = eval_batches(c.eval_dataset, c.cfg.training.micro_batch_size)
     result = evaluate(model, batches, precision, c.device.torch_device,
                       c.cfg.logging.eval_batches)

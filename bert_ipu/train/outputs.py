@@ -64,12 +64,6 @@ def write_config(cfg: Config, out: RunOutputs) -> None:
         save_config(cfg, out.output_dir / "config.yaml")
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Data batch -> keyword arguments of BertForPreTraining.forward (the data and the
-    model share names: input_ids, ..., masked_lm_weights, next_sentence_label)."""
-    return dict(batch)
-
-
 def batch_stream(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches, epoch after epoch (the loader never touches torch's global RNG,
     which drives dropout: see PretrainingLoader.worker_generator)."""
@@ -81,8 +75,7 @@ def batch_stream(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
 def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
     """Everything needed to continue bit for bit (see checkpoint.py for the layout)."""
     mid = state.micro_step > 0
-    if c.ipu is not None:
-        c.ipu.sync_to_host()  # the device holds the trained weights
+    c.runner.sync_to_host()  # IPU: the device holds the trained weights
     trainer = {
         "state": state.state_dict(),
         "schedule": c.schedule.state_dict(),

@@ -1,9 +1,10 @@
 """Numeric precision: `fp32 | bf16 | fp16 | auto`, autocast, and loss scaling.
 
-Master weights and Adam moments always stay fp32 (DESIGN section 2); precision only
-changes the dtype that autocast runs matmuls in. fp16 needs loss scaling: a static
-scale (512 as in the original IPU runs) or a dynamic one that halves on overflow and
-skips that optimizer step, and doubles after `growth_interval` good steps.
+Master weights and Adam moments always stay fp32; precision only changes the dtype
+that autocast runs matmuls in (`auto` is resolved by the device, bert_ipu/devices).
+fp16 needs loss scaling: a static scale (512 as in the original IPU runs) or a dynamic
+one that halves on overflow and skips that optimizer step, and doubles after
+`growth_interval` good steps.
 
 >>> scaler = LossScaler("dynamic", init_scale=8.0, growth_interval=2)
 >>> scaler.update(found_nonfinite=True), scaler.scale, scaler.skipped_steps
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -23,39 +23,6 @@ import torch
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCALER_MODES = ("none", "static", "dynamic")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU has AMX bf16 tiles (fast bf16 matmuls through oneDNN)."""
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    if "AMX" in capability:
-        return True
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return False
-    return "amx_bf16" in text
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """Map `auto` to a concrete precision for `device`; validate the name.
-
-    auto = bf16 on CUDA or on a CPU with AMX, fp32 otherwise (IPUs always use fp16,
-    decided by the IPU path, not here).
-
-    >>> resolve_precision("fp16", "cpu")
-    'fp16'
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"resolve_precision: precision must be one of {PRECISIONS}, got {precision!r}"
-        )
-    if precision != "auto":
-        return precision
-    kind = torch.device(device).type
-    if kind == "cuda" or (kind == "cpu" and cpu_has_amx()):
-        return "bf16"
-    return "fp32"
 
 
 def autocast_dtype(precision: str) -> torch.dtype:

@@ -8,27 +8,34 @@ from bert_ipu.train import precision as P
 
 
 def test_auto_is_bf16_on_cuda_and_follows_amx_on_cpu(monkeypatch):
-    assert P.resolve_precision("auto", "cuda") == "bf16"
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
-    assert P.resolve_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
-    assert P.resolve_precision("auto", "cpu") == "fp32"
-    assert P.resolve_precision("fp16", "cpu") == "fp16"
+    from bert_ipu.devices import torch_devices as TD
+
+    assert TD.CudaDevice(torch.device("cuda")).resolve_precision("auto") == "bf16"
+    cpu = TD.CpuDevice(torch.device("cpu"))
+    monkeypatch.setattr(TD, "cpu_has_amx", lambda: True)
+    assert cpu.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(TD, "cpu_has_amx", lambda: False)
+    assert cpu.resolve_precision("auto") == "fp32"
+    assert cpu.resolve_precision("fp16") == "fp16"
 
 
 def test_cpu_has_amx_reads_cpuinfo(tmp_path, monkeypatch):
+    from bert_ipu.devices import cpu_has_amx
+
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t: fpu sse avx512f amx_bf16 amx_tile\n")
-    assert P.cpu_has_amx(info)
+    assert cpu_has_amx(info)
     info.write_text("flags\t: fpu sse avx2\n")
-    assert not P.cpu_has_amx(info)
-    assert not P.cpu_has_amx(tmp_path / "missing")
+    assert not cpu_has_amx(info)
+    assert not cpu_has_amx(tmp_path / "missing")
 
 
 def test_unknown_precision_is_named():
-    with pytest.raises(ValueError, match="precision must be one of.*'fp8'"):
-        P.resolve_precision("fp8", "cpu")
+    from bert_ipu.devices import resolve_device
+
+    with pytest.raises(ValueError, match="precision must be one of.*got 'fp8'"):
+        resolve_device("cpu").resolve_precision("fp8")
 
 
 @pytest.mark.parametrize("precision,dtype", [

@@ -149,20 +149,6 @@ def test_ipu_without_poptorch_is_a_clear_error():
         resolve_device("ipu")
 
 
-def test_pattern_digest_changes_with_the_pattern():
-    from bert_ipu.devices.distributed import pattern_digest
-    from sparse_ops.linear import SparseLinear
-
-    layer = SparseLinear(16, 16, sparsity=0.5, block_size=4, seed=0)
-    before = pattern_digest(layer)
-    rows, cols = layer.rows.clone(), layer.cols.clone()
-    lin = rows * layer.n_block_cols + cols
-    free = sorted(set(range(16)) - set(lin.tolist()))
-    lin = torch.sort(torch.cat([lin[1:], torch.tensor(free[:1])])).values
-    layer.set_pattern(lin // 4, lin % 4, layer.values.detach().clone())
-    assert pattern_digest(layer) != before
-
-
 @pytest.mark.gpu
 def test_tiny_run_on_cuda_with_auto_precision(tiny_data, tmp_path):
     corpus, cache = tiny_data

@@ -1,0 +1,167 @@
+"""One optimizer step: the step-runner protocol, and the runner of torch devices.
+
+A step runner is what a device (bert_ipu/devices) provides to run step t; the loop
+(loop.py) calls `runner.step(run, t)` and does the bookkeeping. Protocol:
+
+    model                 the module the forward pass runs (may be compiled / DDP-wrapped)
+    optimizer             the run's optimizer (its state dict is checkpointed)
+    controller_optimizer  what the DynSp controller remaps at a pattern update (the
+                          optimizer itself, or a view of device-held state)
+    precision             the concrete precision (fp32 | bf16 | fp16)
+    replicas              data-parallel replicas contributing to one step
+    step(run, t)          -> StepResult, or None when a stop was requested between
+                          micro-batches (the loop checkpoints that position)
+    sync_to_host()        bring device-held weights to the host model (checkpoints)
+    eval_model(core)      -> (module, precision) to evaluate
+
+`TorchStepRunner` (CPU, CUDA): for each micro-batch forward under autocast, scaled
+loss / accumulation, backward; then unscale, finite check, clip, AdamW, and the DynSp
+controller RIGHT AFTER optimizer.step(). The IPU runner is bert_ipu/devices/ipu.py.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from bert_ipu.devices import distributed as D
+from bert_ipu.train.evaluate import to_device
+from bert_ipu.train.optim import build_optimizer, clip_gradients, set_lr
+from bert_ipu.train.precision import autocast, grads_are_finite
+
+if TYPE_CHECKING:
+    from bert_ipu.config import Config
+    from bert_ipu.devices import Device
+    from bert_ipu.train.loop import Run
+
+LOSS_KEYS = ("loss", "mlm_loss", "nsp_loss")
+
+
+@dataclass
+class StepResult:
+    """What a runner reports of step t (the losses are in run.state.step_sums)."""
+
+    lr: float
+    grad_norm: float
+    applied: bool
+    """False when the optimizer step was skipped (non-finite gradients / fp16 overflow)."""
+    update: dict[str, Any] | None
+    """The DynSp controller's metrics when t was an update step."""
+
+
+class TorchStepRunner:
+    """The step of CPU and CUDA runs (see the module docstring)."""
+
+    def __init__(self, device: "Device", core: nn.Module, groups: list[dict[str, Any]],
+                 cfg: "Config", dist: D.DistInfo, log: Callable[[str], None]) -> None:
+        t = cfg.training
+        self.device, self.dist = device, dist
+        self.optimizer = build_optimizer(groups, t.learning_rate, betas=tuple(t.adam_betas),
+                                         eps=t.adam_eps)
+        self.controller_optimizer = self.optimizer
+        self.precision = device.resolve_precision(t.precision)
+        self.replicas = dist.world_size
+        if t.replication_factor != dist.world_size and dist.is_main:
+            log(f"warning: training.replication_factor={t.replication_factor} is used on IPUs "
+                f"only; this run has {dist.world_size} data-parallel rank(s) (WORLD_SIZE)")
+        # torch.compile (training.compile) inside DDP (several ranks); checkpoints always
+        # come from the unwrapped core.
+        self.model = D.wrap_model(torch.compile(core) if t.compile else core, dist,
+                                  device.torch_device)
+
+    def sync_to_host(self) -> None:
+        """Nothing to do: the weights live in the host-visible module."""
+
+    def eval_model(self, core: nn.Module) -> tuple[nn.Module, str]:
+        return core, self.precision
+
+    def step(self, run: "Run", t: int) -> StepResult | None:
+        """Accumulate the micro-batches of step t and apply the update; None when a stop
+        was requested mid-accumulation."""
+        c, state = run.c, run.state
+        if c.controller is not None:
+            c.controller.before_step(t)  # arms X/dY capture when a RigL update follows t
+        accumulation = c.cfg.training.gradient_accumulation
+        while state.micro_step < accumulation:
+            last = state.micro_step == accumulation - 1
+            self.forward_backward(run, next(run.batches), t, last)
+            state.micro_step += 1
+            run.timer.add(c.cfg.training.micro_batch_size * self.dist.world_size)
+            if not last and stop_now(run, t):
+                flush_losses(run)  # the checkpoint of this position holds the partial sums
+                return None
+        return self.optimizer_update(run, t)
+
+    def forward_backward(self, run: "Run", batch: dict[str, torch.Tensor], t: int,
+                         last: bool) -> None:
+        """One micro-batch: forward under autocast, scaled loss / accumulation, backward."""
+        c = run.c
+        accumulation = c.cfg.training.gradient_accumulation
+        sync = nullcontext() if last or not self.dist.enabled else self.model.no_sync()
+        with sync:
+            with autocast(self.precision, self.device.torch_device):
+                out = self.model(**to_device(batch, self.device.torch_device))
+            loss = out.loss
+            if run.hooks.loss_multiplier is not None:
+                loss = loss * run.hooks.loss_multiplier(t)
+            c.scaler.scale_loss(loss / accumulation).backward()
+        # Kept on the device: one host sync per step (flush_losses), not three per micro-batch.
+        run.pending_losses.append(torch.stack([v.detach().float()
+                                               for v in (loss, out.mlm_loss, out.nsp_loss)]))
+
+    def optimizer_update(self, run: "Run", t: int) -> StepResult:
+        """Unscale, check, clip, step; then the DynSp controller."""
+        c, state = run.c, run.state
+        c.scaler.unscale_(c.params)
+        flush_losses(run)
+        loss = state.step_sums.get("loss", math.nan)
+        finite = math.isfinite(loss) and grads_are_finite(c.params)
+        finite = not D.any_rank(not finite, self.dist, self.device.torch_device)
+        if c.frozen is not None:
+            c.frozen.apply(t)
+        grad_norm = clip_gradients(c.params, c.cfg.training.max_grad_norm) if finite else math.nan
+        lr = c.schedule(t)
+        set_lr(self.optimizer, lr)
+        applied = c.scaler.update(found_nonfinite=not finite)
+        if applied:
+            self.optimizer.step()
+            if c.frozen is not None:
+                c.frozen.after_optimizer_step()
+        update = c.controller.step(t) if c.controller is not None else None  # DynSp, right here
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(lr, grad_norm, applied, update)
+
+
+def flush_losses(run: "Run") -> None:
+    """Add the pending micro-batch losses into state.step_sums in micro-batch order,
+    each divided by the accumulation (the same arithmetic as summing them one by one)."""
+    if not run.pending_losses:
+        return
+    values = torch.stack(run.pending_losses).tolist()  # [micro, 3]; one device sync
+    run.pending_losses.clear()
+    accumulation = run.c.cfg.training.gradient_accumulation
+    sums = run.state.step_sums
+    for row in values:
+        for key, value in zip(LOSS_KEYS, row):
+            sums[key] = sums.get(key, 0.0) + value / accumulation
+
+
+def poll_stop_hook(run: "Run") -> None:
+    """Test hook: request a stop once position `hooks.stop_at` is reached."""
+    if run.hooks.stop_at == (run.state.step, run.state.micro_step):
+        run.stop.request()
+
+
+def stop_now(run: "Run", t: int) -> bool:
+    """Stop between micro-batches? Only when that position can be resumed exactly:
+    single process (gradients are rank-local until the last micro-batch) and no RigL
+    capture in flight (its X/dY pairs are not checkpointed)."""
+    poll_stop_hook(run)
+    if not run.stop.requested or run.c.dist.enabled:
+        return False
+    ctrl = run.c.controller
+    return not (ctrl is not None and ctrl.method.needs_gradient and ctrl.is_update_step(t))
