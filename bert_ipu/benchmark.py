@@ -259,7 +259,7 @@ def train_case(cfg: Config, synthetic: bool = True, warmup: int = 2) -> dict[str
         timing = time_training(c, batches, warmup)
     out = {**timing.as_dict(), **state_bytes_report(c), "peak_memory_bytes": peak.peak_bytes,
            "peak_memory_method": peak.method, "precision": c.precision,
-           "flops_per_sequence": c.flops.per_sequence}
+           "flops_per_sequence": c.flops.flops_per_sequence}
     del c, batches
     gc.collect()
     return out

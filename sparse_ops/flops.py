@@ -1,4 +1,4 @@
-"""Training FLOPs per sequence (DESIGN section 2), over layer shapes; model-agnostic.
+"""Training FLOPs per sequence, over layer shapes; model-agnostic (docs/flops.md).
 
 One training step (forward + backward = 3x forward), non-embedding, per sequence of
 length S, for L transformer layers of hidden size H:
@@ -92,9 +92,14 @@ class FlopsBreakdown:
     rigl_extra_per_sequence: Optional[float] = 0.0
 
     @property
+    def step_per_sequence(self) -> int:
+        """FLOPs per sequence of a step without a pattern update (linears + attention)."""
+        return self.sparse_linears + self.attention
+
+    @property
     def flops_per_sequence(self) -> float:
         """linears + attention + amortised RigL extra (the Pareto x-axis per sequence)."""
-        return self.sparse_linears + self.attention + (self.rigl_extra_per_sequence or 0.0)
+        return self.step_per_sequence + (self.rigl_extra_per_sequence or 0.0)
 
     def total(self, sequences: int) -> float:
         """FLOPs of a run that sees ``sequences`` sequences (amortised extra included)."""
@@ -104,34 +109,65 @@ class FlopsBreakdown:
         return {**asdict(self), "flops_per_sequence": self.flops_per_sequence}
 
 
+def training_flops(active_weights: Sequence[int], shapes: Shapes, *, seq_len: int, hidden: int,
+                   n_layers: int, needs_gradient: bool = False, n_updates: int = 0,
+                   training_steps: Optional[int] = None) -> FlopsBreakdown:
+    """THE FLOPs model: one training step per sequence from the active weights of every
+    sparse-able layer (``active_weights[l]`` = active blocks x B^2, or O x I when dense;
+    ``shapes[l]`` = its (O, I), for the dense gradient of gradient regrowth).
+
+    Runs count their layers' actual nnz; ``training_flops_per_sequence`` the nominal nnz
+    of a sparsity ratio. Both end here, so a run's summary and tools/flops.py agree.
+
+    >>> b = training_flops([8], [(4, 4)], seq_len=2, hidden=4, n_layers=1, needs_gradient=True,
+    ...                    n_updates=1, training_steps=4)
+    >>> b.sparse_linears, b.attention, b.rigl_extra_per_update_sequence, b.flops_per_sequence
+    (96, 192, 64, 304.0)
+    """
+    fn = "training_flops"
+    if len(active_weights) != len(shapes):
+        raise ValueError(f"{fn}: arguments 'active_weights' and 'shapes' must have one entry per "
+                         f"layer, got {len(active_weights)} and {len(shapes)}")
+    _positive_int(fn, "seq_len", seq_len)
+    _positive_int(fn, "n_updates", n_updates, 0)
+    if training_steps is not None:
+        _positive_int(fn, "training_steps", training_steps)
+    linears = 3 * 2 * seq_len * sum(int(a) for a in active_weights)
+    attention = attention_flops_per_sequence(seq_len, hidden, n_layers)
+    if not needs_gradient or n_updates == 0:
+        return FlopsBreakdown(linears, attention)
+    per_update_seq = rigl_flops_per_update(shapes, seq_len)
+    amortised = None if training_steps is None else n_updates * per_update_seq / training_steps
+    return FlopsBreakdown(linears, attention, per_update_seq, amortised)
+
+
+def regrow_needs_gradient(regrow: str) -> bool:
+    """Whether the registered regrowth method ``regrow`` reads the dense gradient."""
+    from .dynsp.methods import METHODS, regrowth_names
+
+    if regrow not in regrowth_names():
+        raise ValueError(f"regrow_needs_gradient: argument 'regrow' must be one of "
+                         f"{regrowth_names()}, got {regrow!r}")
+    return METHODS[regrow].needs_gradient
+
+
 def training_flops_per_sequence(shapes: Shapes, *, seq_len: int, hidden: int, n_layers: int,
                                 sparsity: float = 0.0, block_size: int = 1,
                                 distribution: str = "uniform", n_updates: int = 0,
                                 regrow: str = "random",
                                 training_steps: Optional[int] = None) -> FlopsBreakdown:
-    """FLOPs of one training step per sequence, with breakdown.
-
-    ``shapes``: (O, I) of every sparse-able weight (all layers); ``hidden``/``n_layers``
-    give the attention term. RigL extra only when ``regrow == "gradient"`` and
+    """``training_flops`` at the nominal nnz of ``sparsity`` (per layer as SparseLinear
+    builds it). RigL extra when the regrowth method needs the gradient and
     ``n_updates > 0``; amortised only when ``training_steps`` is given.
 
     >>> b = training_flops_per_sequence([(4, 4)], seq_len=2, hidden=4, n_layers=1)
     >>> b.sparse_linears, b.attention, b.flops_per_sequence
     (192, 192, 384.0)
     """
-    fn = "training_flops_per_sequence"
-    if regrow not in ("random", "gradient"):
-        raise ValueError(f"{fn}: argument 'regrow' must be one of ('random', 'gradient'), got {regrow!r}")
-    _positive_int(fn, "n_updates", n_updates, 0)
-    if training_steps is not None:
-        _positive_int(fn, "training_steps", training_steps)
-    linears = linear_flops_per_sequence(shapes, seq_len, sparsity, block_size, distribution)
-    attention = attention_flops_per_sequence(seq_len, hidden, n_layers)
-    if regrow != "gradient" or n_updates == 0:
-        return FlopsBreakdown(linears, attention)
-    per_update_seq = rigl_flops_per_update(shapes, seq_len)
-    amortised = None if training_steps is None else n_updates * per_update_seq / training_steps
-    return FlopsBreakdown(linears, attention, per_update_seq, amortised)
+    return training_flops(nnz_weights(shapes, sparsity, block_size, distribution), shapes,
+                          seq_len=seq_len, hidden=hidden, n_layers=n_layers,
+                          needs_gradient=regrow_needs_gradient(regrow), n_updates=n_updates,
+                          training_steps=training_steps)
 
 
 def training_flops_total(shapes: Shapes, *, seq_len: int, hidden: int, n_layers: int,
@@ -150,5 +186,5 @@ def training_flops_total(shapes: Shapes, *, seq_len: int, hidden: int, n_layers:
     b = training_flops_per_sequence(shapes, seq_len=seq_len, hidden=hidden, n_layers=n_layers,
                                     training_steps=training_steps, **kwargs)
     n_updates = int(kwargs.get("n_updates", 0)) if b.rigl_extra_per_update_sequence else 0
-    return ((b.sparse_linears + b.attention) * training_steps * batch_size
+    return (b.step_per_sequence * training_steps * batch_size
             + n_updates * b.rigl_extra_per_update_sequence * batch_size)

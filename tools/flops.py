@@ -1,7 +1,13 @@
-"""Training FLOPs per sequence of a BERT family member (DESIGN section 2).
+"""Training FLOPs per sequence of a BERT family member (docs/flops.md).
 
     python tools/flops.py --model base --sparsity 0.9 --block-size 16 [--seq-len 128]
                           [--n-updates 160 --regrow gradient --training-steps 100000] [--json]
+    python tools/flops.py --config configs/mini_dynsp_s0.9.yaml [key=value ...] [--json]
+
+With ``--config`` everything comes from the run config (model shape, sparsity, block
+size, distribution, updates, regrowth, sequence length, steps and sequences per step:
+micro_batch_size x gradient_accumulation x replication_factor), and the numbers are
+those the run's summary.json reports (same function, sparse_ops.flops.training_flops).
 
 Prints the breakdown (sparse linears, attention, RigL extra); ``--json`` prints one JSON
 object with ``flops_per_sequence`` and the parts. The RigL dense-gradient cost is paid
@@ -20,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bert_ipu.model.sizes import MODEL_SIZES, ModelSize  # noqa: E402
 from sparse_ops.dynsp.distribution import DISTRIBUTIONS  # noqa: E402
+from sparse_ops.dynsp.methods import regrowth_names  # noqa: E402
 from sparse_ops.flops import training_flops_per_sequence  # noqa: E402
-
-BLOCK_SIZES = (1, 4, 8, 16)
+from sparse_ops.format import VALID_BLOCK_SIZES  # noqa: E402
 
 
 def encoder_shapes(size: ModelSize) -> list[tuple[int, int]]:
@@ -55,13 +61,15 @@ def _int_at_least(lo: int):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, choices=sorted(MODEL_SIZES), help="BERT family member")
+    p.add_argument("--config", help="a run config: everything below comes from it")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (--config)")
+    p.add_argument("--model", choices=sorted(MODEL_SIZES), help="BERT family member")
     p.add_argument("--sparsity", type=_fraction, default=0.0, help="sparsity s in [0, 1) (0: dense)")
-    p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=1, help="block size B")
+    p.add_argument("--block-size", type=int, choices=VALID_BLOCK_SIZES, default=1, help="block size B")
     p.add_argument("--seq-len", type=_int_at_least(1), default=128, help="sequence length S")
     p.add_argument("--distribution", choices=DISTRIBUTIONS, default="uniform", help="layer densities")
     p.add_argument("--n-updates", type=_int_at_least(0), default=0, help="pattern updates n")
-    p.add_argument("--regrow", choices=("random", "gradient"), default="random", help="regrowth method")
+    p.add_argument("--regrow", choices=regrowth_names(), default="random", help="regrowth method")
     p.add_argument("--training-steps", type=_int_at_least(1), default=None,
                    help="steps T (amortises the RigL extra per sequence)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=None,
@@ -70,9 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def from_config(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments a run config implies (the run's own shapes, sparsity and steps)."""
+    from bert_ipu.config import load_config
+
+    cfg = load_config(args.config, list(args.overrides))
+    m, s, t = cfg.model, cfg.sparsity, cfg.training
+    sparse = s.method != "dense"
+    steps = t.training_steps if t.training_steps is not None else args.training_steps
+    size = ModelSize(m.num_hidden_layers, m.hidden_size, m.num_attention_heads)
+    return argparse.Namespace(
+        json=args.json, model=cfg.name, size=size, sparsity=s.sparsity if sparse else 0.0,
+        block_size=s.block_size if sparse else 1, seq_len=cfg.data.sequence_length,
+        distribution=s.distribution, n_updates=s.controller_settings().n_updates if sparse else 0,
+        regrow=s.regrow, training_steps=steps,
+        batch_size=None if steps is None else
+        t.micro_batch_size * t.gradient_accumulation * t.replication_factor)
+
+
 def compute(args: argparse.Namespace) -> dict:
     """The report as a dict (flops_per_sequence, breakdown, inputs, optional run totals)."""
-    size = MODEL_SIZES[args.model]
+    size = getattr(args, "size", None) or MODEL_SIZES[args.model]
     b = training_flops_per_sequence(
         encoder_shapes(size), seq_len=args.seq_len, hidden=size.hidden_size,
         n_layers=size.num_hidden_layers, sparsity=args.sparsity, block_size=args.block_size,
@@ -111,6 +137,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.training_steps is None:
         parser.error("argument --batch-size: needs --training-steps for per-run totals")
+    if args.config is None and args.model is None:
+        parser.error("one of --model or --config is required")
+    if args.config is None and args.overrides:
+        parser.error(f"key=value overrides need --config, got {args.overrides}")
+    if args.config is not None:
+        from bert_ipu.config import ConfigError
+
+        try:
+            args = from_config(args)
+        except ConfigError as exc:
+            parser.error(str(exc))
     report = compute(args)
     print(json.dumps(report) if args.json else render(report))
     return 0

@@ -1,5 +1,5 @@
 """Build everything a run needs from a `Config`: device, data, model, optimizer, LR
-schedule, loss scaler, DynSp controller, FLOPs counter. No training happens here.
+schedule, loss scaler, DynSp controller, FLOPs. No training happens here.
 
 Order matters for reproducibility: the global RNGs are seeded from
 `training.seed` first (dropout draws from torch's global generator); the model is
@@ -25,18 +25,9 @@ from bert_ipu.devices import distributed as D
 from bert_ipu.model import build_model, encoder_linear_shapes, parameter_groups, sparse_modules
 from bert_ipu.train.optim import LRSchedule, trainable_params, warmup_steps_from
 from bert_ipu.train.precision import LossScaler, build_loss_scaler
+from sparse_ops.flops import FlopsBreakdown, training_flops
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class FlopsCounter:
-    """Training FLOPs per sequence (DESIGN section 2) from the model's actual nnz."""
-
-    per_sequence: float
-    """3 * (2 S * sum of active weights + 4 S^2 H L)."""
-    rigl_per_update_sequence: float
-    """Dense-gradient FLOPs per sequence of an update step's batch (gradient regrowth)."""
 
 
 @dataclass
@@ -60,7 +51,8 @@ class Components:
     eval_dataset: PretrainingDataset | None
     total_steps: int
     sequences_per_step: int
-    flops: FlopsCounter
+    flops: FlopsBreakdown
+    """Training FLOPs per sequence from the model's actual nnz (sparse_ops.flops)."""
     runner: Any
     """The device's step runner (bert_ipu/train/step.py: TorchStepRunner, or the IPU's)."""
 
@@ -125,21 +117,19 @@ def build_frozen_subset(cfg: Config, model: nn.Module) -> Any | None:
     return FrozenSubset(model, s.freeze_fraction, s.freeze_from_step, "from", s.seed)
 
 
-def flops_counter(cfg: Config, core: nn.Module) -> FlopsCounter:
-    """Per-sequence FLOPs from the actual active weights of every encoder linear."""
-    from sparse_ops.flops import attention_flops_per_sequence, rigl_flops_per_update
-
-    S, m = cfg.data.sequence_length, cfg.model
+def run_flops(cfg: Config, core: nn.Module, total_steps: int) -> FlopsBreakdown:
+    """The run's FLOPs per sequence (sparse_ops.flops.training_flops) from the actual
+    active weights of every encoder linear; RigL's dense gradient amortised over the run."""
+    m, s = cfg.model, cfg.sparsity
     shapes = encoder_linear_shapes(m)
     sparse = sparse_modules(core)
-    active = sum(sparse[n].nnz * sparse[n].block_size ** 2 if n in sparse else o * i
-                 for n, (o, i) in shapes.items())
-    per_seq = 3 * 2 * S * active + attention_flops_per_sequence(S, m.hidden_size,
-                                                                 m.num_hidden_layers)
-    rigl = 0.0
-    if cfg.sparsity.method == "dynamic" and cfg.sparsity.regrow == "gradient":
-        rigl = float(rigl_flops_per_update(list(shapes.values()), S))
-    return FlopsCounter(float(per_seq), rigl)
+    active = [sparse[n].nnz * sparse[n].block_size ** 2 if n in sparse else o * i
+              for n, (o, i) in shapes.items()]
+    n_updates = s.controller_settings().n_updates if s.method != "dense" else 0
+    return training_flops(active, list(shapes.values()), seq_len=cfg.data.sequence_length,
+                          hidden=m.hidden_size, n_layers=m.num_hidden_layers,
+                          needs_gradient=s.needs_gradient, n_updates=n_updates,
+                          training_steps=total_steps)
 
 
 def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Components:
@@ -172,4 +162,4 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
         controller=build_controller(cfg, core, runner.controller_optimizer, total),
         frozen=build_frozen_subset(cfg, core), train_loader=train, eval_dataset=held_out,
         total_steps=total, sequences_per_step=t.micro_batch_size * t.gradient_accumulation
-        * runner.replicas, flops=flops_counter(cfg, core), runner=runner)
+        * runner.replicas, flops=run_flops(cfg, core, total), runner=runner)

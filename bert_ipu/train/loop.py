@@ -132,11 +132,11 @@ def count_step(run: Run, t: int, result: StepResult) -> dict[str, Any]:
     sums = {k: D.all_reduce_mean(v, c.dist, c.device.torch_device) for k, v in sums.items()}
     state.step, state.micro_step = t + 1, 0
     state.sequences += c.sequences_per_step
-    state.flops += c.flops.per_sequence * c.sequences_per_step
+    state.flops += c.flops.step_per_sequence * c.sequences_per_step
     record: dict[str, Any] = {"step": state.step, **{k: sums.get(k, math.nan) for k in LOSS_KEYS},
                               "lr": lr, "grad_norm": grad_norm}
     if update is not None:
-        state.flops += c.flops.rigl_per_update_sequence * c.sequences_per_step
+        state.flops += c.flops.rigl_extra_per_update_sequence * c.sequences_per_step
         state.pattern_updates += 1
         state.update_time_s += float(update["update_time_s"])
         state.last_update = {k: float(update[k]) for k in ("dof_mean", "removed_new_fraction")}

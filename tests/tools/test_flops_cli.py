@@ -73,3 +73,25 @@ def test_cli_runs_as_a_script():
                            "--block-size", "16", "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["flops_per_sequence"] > 0
+
+
+@pytest.mark.parametrize("extra", [
+    {"sparsity.regrow": "gradient", "sparsity.n_updates": 3},   # RigL: dense-gradient extra
+    {"sparsity.method": "static", "sparsity.distribution": "erdos_renyi"},
+    {"sparsity.method": "dense", "sparsity.sparsity": 0.0},
+], ids=["rigl", "static_er", "dense"])
+def test_config_mode_equals_the_run_summary(tmp_path, capsys, extra):
+    """One FLOPs model: a finished run's summary and `flops.py --config` agree exactly."""
+    from tests.bert_ipu.tiny_run import run_tiny, tiny_overrides, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", documents=12, sentences=8)
+    extra = {"training.training_steps": 8, "logging.eval_steps": 0, **extra}
+    summary = run_tiny(corpus, tmp_path / "run", tmp_path / "cache", **extra)
+    overrides = tiny_overrides(corpus, tmp_path / "run", tmp_path / "cache", **extra)
+    capsys.readouterr()  # the run printed its summary
+    report = _json(["--config", "configs/demo.yaml", *overrides], capsys)
+    assert report["flops_per_sequence"] == pytest.approx(summary["flops_per_sequence"], rel=1e-12)
+    assert report["flops_total"] == pytest.approx(summary["total_flops"], rel=1e-12)
+    assert report["sequences"] == summary["sequences"]
+    if "gradient" in extra.values():
+        assert report["rigl_extra_per_sequence"] > 0
