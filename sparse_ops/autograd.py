@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sparse_ops.format import BlockSparseMatrix
-from sparse_ops.ops import resolve
+from sparse_ops.ops import sparse_forward, sparse_grad_input, sparse_grad_values
 
 
 def compute_dtype(x: Tensor, values: Tensor) -> torch.dtype:
@@ -40,8 +40,7 @@ def _forward(ctx: Any, x: Tensor, values: Tensor, bias: Optional[Tensor], rows: 
     x2 = x.reshape(-1, shape[1]).to(cdt).contiguous()                       # (N, I)
     w = BlockSparseMatrix(values.to(cdt), rows, cols, shape, block_size, cache)
     with torch.autocast(x.device.type, enabled=False):
-        impl = resolve(backend, w, x2.shape[0], "forward")
-        y = impl.forward(x2, w) if bias is None else impl.forward_with_bias(x2, w, bias.to(cdt))  # (N, O)
+        y = sparse_forward(x2, w, backend, None if bias is None else bias.to(cdt))  # (N, O)
     ctx.meta = (shape, block_size, backend, cache, x.shape, x.dtype, values.dtype,
                 None if bias is None else bias.dtype)
     ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None, w.values, rows, cols)
@@ -56,10 +55,9 @@ def _backward(ctx: Any, dy: Tensor) -> tuple[Optional[Tensor], ...]:
     dx = dv = db = None
     with torch.autocast(dy.device.type, enabled=False):
         if ctx.needs_input_grad[0]:
-            dx = resolve(backend, w, dy2.shape[0], "grad_input").grad_input(dy2, w)
-            dx = dx.reshape(x_shape).to(x_dtype)
+            dx = sparse_grad_input(dy2, w, backend).reshape(x_shape).to(x_dtype)
         if ctx.needs_input_grad[1]:
-            dv = resolve(backend, w, dy2.shape[0], "grad_values").grad_values(dy2, x2, w).to(v_dtype)
+            dv = sparse_grad_values(dy2, x2, w, backend).to(v_dtype)
         if ctx.needs_input_grad[2]:
             # Accumulated and returned in the (fp32) master dtype, not rounded to bf16/fp16 first.
             db = dy2.sum(0, dtype=torch.promote_types(dy2.dtype, b_dtype)).to(b_dtype)

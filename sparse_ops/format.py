@@ -18,7 +18,7 @@ int64 (both tensors of one dtype), and every kernel takes either. Linear block i
 (``linear_index()``, the DynSp helpers) are int64, so ``(O/B) * (I/B)`` may exceed 2^31.
 
 Pattern sampling works on linear block indices (rejection sampling with ``isin``),
-never on a dense boolean mask of block positions (DESIGN section 2, item 4).
+never on a dense boolean mask of block positions (docs/algorithm.md, one update).
 """
 from __future__ import annotations
 
@@ -96,17 +96,21 @@ def sample_linear_indices(total: int, k: int, generator: Optional[torch.Generato
         accept = max((free - taken.numel()) / total, 1e-3)
         cand = torch.randint(total, (int(need / accept * 1.1) + 16,), generator=generator)
         cand = cand[~torch.isin(cand, exclude) & ~torch.isin(cand, taken)]
-        taken = torch.cat([taken, _first_occurrences(cand)[:need]])
+        taken = torch.cat([taken, first_occurrences(cand)[:need]])
     return taken.sort().values
 
 
-def _first_occurrences(x: Tensor) -> Tensor:
-    """Distinct values of the 1-D tensor ``x`` in order of first occurrence."""
+def first_occurrences(x: Tensor) -> Tensor:
+    """Distinct values of the 1-D tensor ``x`` in order of first occurrence.
+
+    >>> first_occurrences(torch.tensor([4, 1, 4, 2, 1]))
+    tensor([4, 1, 2])
+    """
     if x.numel() == 0:
         return x
     uniq, inverse = torch.unique(x, return_inverse=True)
-    first = torch.full((uniq.numel(),), x.numel(), dtype=torch.int64)
-    first.scatter_reduce_(0, inverse, torch.arange(x.numel()), reduce="amin")
+    first = torch.full((uniq.numel(),), x.numel(), dtype=torch.int64, device=x.device)
+    first.scatter_reduce_(0, inverse, torch.arange(x.numel(), device=x.device), reduce="amin")
     return uniq[first.argsort()]
 
 

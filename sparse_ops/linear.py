@@ -6,17 +6,22 @@ canonical order; format.INDEX_DTYPE), dense ``bias`` [O]. The dense O x I weight
 
     y = x @ W^T + b,  W[r*B:(r+1)*B, c*B:(c+1)*B] = values[k] for (r, c) = (rows[k], cols[k])
 
-Ablation ``inactive="frozen"`` (mask-based, DESIGN section 2): inactive positions
-hold frozen random values from a dense buffer ``frozen_weight`` (see ablations.py).
+Ablation ``inactive="frozen"`` (mask-based, for the ablation only): inactive positions
+hold frozen random values from a dense, seeded, truncated-normal buffer
+``frozen_weight`` [O, I] whose entries at the active blocks are ignored, so the
+effective weight is ``W_eff = W_sparse + frozen_weight * (1 - active_mask)`` and the
+forward adds ``x @ (frozen_weight * inactive_mask)^T`` (the mask is rebuilt from
+rows/cols at every forward, so it follows ``set_pattern``). It stores an O x I dense
+buffer and runs one extra dense GEMM: mask-based by design.
 """
 from __future__ import annotations
 
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparse_ops import ablations
 from sparse_ops.autograd import sparse_linear
 from sparse_ops.format import (INDEX_DTYPE, INDEX_DTYPES, BlockSparseMatrix, SparseFormatError,
                                canonical_order, check_block_size, check_shape, nnz_for_density,
@@ -25,6 +30,27 @@ from sparse_ops.kernels import check_backend_name
 
 INIT_STD = 0.02
 INACTIVE_MODES = ("zero", "frozen")
+
+
+def make_frozen_weight(shape: tuple[int, int], seed: int, std: float = 0.02) -> Tensor:
+    """Dense [O, I] fp32 truncated-normal (std, cut at +-2 std) values from ``seed``; CPU."""
+    gen = torch.Generator().manual_seed(int(seed))
+    frozen = torch.empty(shape)
+    return nn.init.trunc_normal_(frozen, std=std, a=-2 * std, b=2 * std, generator=gen)
+
+
+def masked_frozen_weight(frozen: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
+    """Copy of ``frozen`` [O, I] with the active blocks (rows, cols) set to zero."""
+    O, I = frozen.shape
+    B = block_size
+    masked = frozen.clone()
+    masked.view(O // B, B, I // B, B).permute(0, 2, 1, 3)[rows, cols] = 0
+    return masked
+
+
+def frozen_inactive_term(x: Tensor, frozen: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
+    """x [..., I] @ (frozen * inactive_mask)^T -> [..., O]; no gradient reaches ``frozen``."""
+    return F.linear(x, masked_frozen_weight(frozen.detach(), rows, cols, block_size))
 
 
 def _make_generator(fn: str, generator: Optional[torch.Generator], seed: Optional[int]) -> Optional[torch.Generator]:
@@ -62,7 +88,7 @@ class SparseLinear(nn.Module):
         density: overrides ``sparsity`` (Erdos-Renyi layer densities): nnz = round(d (O/B)(I/B)).
         generator / seed: RNG for the uniformly random initial pattern and the values
             (truncated normal, std 0.02, cut at +-2 std); default: torch's global RNG.
-        inactive: ``"zero"`` (default) or ``"frozen"`` (ablation, see ablations.py).
+        inactive: ``"zero"`` (default) or ``"frozen"`` (ablation, see the module docstring).
         inactive_seed: seed of the frozen random inactive values (default 0).
     """
 
@@ -90,7 +116,7 @@ class SparseLinear(nn.Module):
         self.values = nn.Parameter(values.to(device))
         self.bias = nn.Parameter(torch.zeros(O, device=device, dtype=dtype or torch.float32)) if bias else None
         if inactive == "frozen":
-            frozen = ablations.make_frozen_weight((O, I), inactive_seed, INIT_STD)
+            frozen = make_frozen_weight((O, I), inactive_seed, INIT_STD)
             self.register_buffer("frozen_weight", frozen.to(device=device, dtype=dtype or torch.float32))
         self._kernel_cache: dict = {}
 
@@ -131,7 +157,7 @@ class SparseLinear(nn.Module):
                           (self.out_features, self.in_features), self.block_size, self.backend,
                           self._kernel_cache)
         if self.inactive == "frozen":
-            y = y + ablations.frozen_inactive_term(x, self.frozen_weight, self.rows, self.cols, self.block_size)
+            y = y + frozen_inactive_term(x, self.frozen_weight, self.rows, self.cols, self.block_size)
         return y
 
     # ---- pattern ---------------------------------------------------------------------
@@ -171,7 +197,7 @@ class SparseLinear(nn.Module):
         """Dense [O, I] effective weight (diagnostics / export only; never used in training)."""
         dense = self.matrix().to_dense()
         if self.inactive == "frozen" and include_frozen:
-            dense = dense + ablations.masked_frozen_weight(self.frozen_weight, self.rows, self.cols,
+            dense = dense + masked_frozen_weight(self.frozen_weight, self.rows, self.cols,
                                                            self.block_size)
         return dense
 

@@ -13,6 +13,8 @@ The ``dense_*_reference`` functions are the test oracle: they build the dense W.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor
 
 from sparse_ops.format import BlockSparseMatrix, SparseFormatError
@@ -36,10 +38,19 @@ def resolve(backend: str, w: BlockSparseMatrix, n_tokens: int, op: str = "forwar
                           w.nnz, n_tokens, op)
 
 
-def sparse_forward(x: Tensor, w: BlockSparseMatrix, backend: str = "auto") -> Tensor:
-    """y [..., O] = x [..., I] @ W^T; equivalent to ``x @ w.to_dense().t()``."""
+def sparse_forward(x: Tensor, w: BlockSparseMatrix, backend: str = "auto",
+                   bias: Optional[Tensor] = None) -> Tensor:
+    """y [..., O] = x [..., I] @ W^T (+ bias [O]); equivalent to ``F.linear(x, w.to_dense(), bias)``."""
     x2 = _check("sparse_forward", "x", x, w.shape[1], w)
-    y = resolve(backend, w, x2.shape[0]).forward(x2.contiguous(), w)
+    impl = resolve(backend, w, x2.shape[0])
+    x2 = x2.contiguous()
+    if bias is None:
+        y = impl.forward(x2, w)
+    else:
+        if bias.shape != (w.shape[0],) or bias.dtype != w.values.dtype:
+            raise SparseFormatError(f"sparse_forward: argument 'bias' must have shape ({w.shape[0]},) "
+                                    f"and dtype {w.values.dtype}, got {tuple(bias.shape)} {bias.dtype}")
+        y = impl.forward_with_bias(x2, w, bias)
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
@@ -81,12 +92,7 @@ def dense_grad_values_reference(dy: Tensor, x: Tensor, w: BlockSparseMatrix) -> 
     return blocks[w.rows, w.cols]
 
 
-def dense_masked_weight(w: BlockSparseMatrix) -> Tensor:
-    """Dense W with zeros outside the active blocks; alias of ``w.to_dense()``."""
-    return w.to_dense()
-
-
 __all__ = [
     "sparse_forward", "sparse_grad_input", "sparse_grad_values", "dense_forward_reference",
-    "dense_grad_input_reference", "dense_grad_values_reference", "dense_masked_weight", "resolve",
+    "dense_grad_input_reference", "dense_grad_values_reference", "resolve",
 ]

@@ -3,7 +3,7 @@
 Each section is a frozen dataclass with a one-line docstring under every field; it
 checks its own types and ranges on construction (cross-section rules live in
 `Config`). Field names mirror Graphcore's PopTorch BERT where those exist and Hugging
-Face's BertConfig for the model (DESIGN section 4).
+Face's BertConfig for the model (docs/config_reference.md lists every key).
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ class SparsityConfig(DynSpSettings):
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation (AdamW per DESIGN section 2), precision and devices."""
+    """Optimisation (AdamW, docs/algorithm.md), precision and devices."""
 
     SECTION: ClassVar[str] = "training"
     micro_batch_size: int = 32

@@ -70,10 +70,6 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
                                                    broadcast_buffers=False)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
     """Mean of a scalar over ranks (for logging the global loss)."""
     if not info.enabled:

@@ -361,21 +361,3 @@ def sparse_modules(model: nn.Module) -> dict[str, nn.Module]:
     except ImportError:
         return {}
     return {name: m for name, m in model.named_modules() if isinstance(m, SparseLinear)}
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices, embeddings and SparseLinear `values`
-    (they are weights, like the dense ones); none on biases and LayerNorm parameters.
-    Tied parameters appear once; frozen (requires_grad=False) ones are left out."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    seen: set[int] = set()
-    for module in model.modules():
-        for pname, param in module.named_parameters(recurse=False):
-            if id(param) in seen or not param.requires_grad:
-                continue
-            seen.add(id(param))
-            plain = isinstance(module, nn.LayerNorm) or pname == "bias" or param.ndim == 1
-            (no_decay if plain else decay).append(param)
-    return [{"params": decay, "weight_decay": float(weight_decay)},
-            {"params": no_decay, "weight_decay": 0.0}]

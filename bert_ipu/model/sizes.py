@@ -1,4 +1,4 @@
-"""The BERT model family of DESIGN section 2 (Turc et al. sizes), by name.
+"""The BERT model family (Turc et al. sizes, docs/algorithm.md), by name.
 
 >>> MODEL_SIZES["base"].hidden_size
 768

@@ -22,8 +22,8 @@ from bert_ipu.config import Config, ConfigError
 from bert_ipu.data import PretrainingDataset, PretrainingLoader, build_datasets
 from bert_ipu.devices import Device, resolve_device
 from bert_ipu.devices import distributed as D
-from bert_ipu.model import build_model, encoder_linear_shapes, parameter_groups, sparse_modules
-from bert_ipu.train.optim import LRSchedule, trainable_params, warmup_steps_from
+from bert_ipu.model import build_model, encoder_linear_shapes, sparse_modules
+from bert_ipu.train.optim import LRSchedule, parameter_groups, trainable_params, warmup_steps_from
 from bert_ipu.train.precision import LossScaler, build_loss_scaler
 from sparse_ops.flops import FlopsBreakdown, training_flops
 
@@ -110,7 +110,7 @@ def build_frozen_subset(cfg: Config, model: nn.Module) -> Any | None:
     s = cfg.sparsity
     if s.freeze_fraction <= 0 or s.method == "dense":
         return None
-    from sparse_ops.ablations import FrozenSubset
+    from sparse_ops.dynsp.freeze import FrozenSubset
 
     if s.freeze_until_step is not None:
         return FrozenSubset(model, s.freeze_fraction, s.freeze_until_step, "until", s.seed)

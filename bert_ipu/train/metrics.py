@@ -17,7 +17,7 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 # Fields that measure wall time; they differ between two otherwise identical runs.
-TIMING_FIELDS = ("sequences_per_second", "update_time_s", "elapsed_s", "step_time_s")
+TIMING_FIELDS = ("sequences_per_second", "update_time_s")
 
 
 def _jsonable(value: Any) -> Any:

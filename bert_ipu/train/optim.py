@@ -1,4 +1,4 @@
-"""AdamW per DESIGN section 2 and learning-rate schedules as pure functions of the step.
+"""AdamW (docs/algorithm.md) and learning-rate schedules as pure functions of the step.
 
 The schedule is a pure function, so its "state" in a checkpoint is only the step the
 trainer already stores; `LRSchedule.state_dict()` records the parameters so that a
@@ -83,22 +83,22 @@ class LRSchedule:
         return [k for k, v in asdict(self).items() if state.get(k) != v]
 
 
-def default_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights, none on biases and LayerNorm (used when the model has
-    no `parameter_groups`). A parameter is "no decay" when it is 1-D or its name
-    contains `LayerNorm`/`bias`; SparseLinear `values` are [nnz, B, B] and decayed."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or "LayerNorm" in name or name.endswith("bias"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices, embeddings and SparseLinear `values`
+    (they are weights, like the dense ones); none on biases and LayerNorm parameters.
+    Tied parameters appear once; frozen (requires_grad=False) ones are left out."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            plain = isinstance(module, nn.LayerNorm) or pname == "bias" or param.ndim == 1
+            (no_decay if plain else decay).append(param)
+    return [{"params": decay, "weight_decay": float(weight_decay)},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_optimizer(

@@ -29,7 +29,7 @@ class TrainState:
     sequences: int = 0
     """Training sequences consumed (all ranks)."""
     flops: float = 0.0
-    """Cumulative training FLOPs (DESIGN formula, actual nnz, RigL extra included)."""
+    """Cumulative training FLOPs (docs/flops.md; actual nnz, RigL extra included)."""
     nonfinite_streak: int = 0
     """Consecutive steps whose loss or gradients were not finite (fp32/bf16)."""
     pattern_updates: int = 0

@@ -169,7 +169,7 @@ class StaticMethod(DynSpMethod):
 
 @register_method
 class RandomRegrowth(DynSpMethod):
-    """SET-like DynSp (the DESIGN default): uniform random re-allocation."""
+    """SET-like DynSp (the default): uniform random re-allocation."""
 
     name = "random"
 

@@ -20,21 +20,8 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor
 
+from ..format import first_occurrences
 from .prune import check_k
-
-
-def first_occurrences(x: Tensor) -> Tensor:
-    """Distinct values of the 1-D tensor ``x`` in order of first occurrence.
-
-    >>> first_occurrences(torch.tensor([4, 1, 4, 2, 1]))
-    tensor([4, 1, 2])
-    """
-    if x.numel() == 0:
-        return x
-    uniq, inverse = torch.unique(x, return_inverse=True)
-    first = torch.full((uniq.numel(),), x.numel(), dtype=torch.int64, device=x.device)
-    first.scatter_reduce_(0, inverse, torch.arange(x.numel(), device=x.device), reduce="amin")
-    return uniq[first.argsort()]
 
 
 def sample_ranks(m: int, k: int, generator: torch.Generator) -> Tensor:
@@ -143,7 +130,7 @@ def new_block_values(k: int, block_size: int, init: str, generator: torch.Genera
                      std: float = 0.02) -> Tensor:
     """Initial values of k new blocks, [k, B, B] fp32 on the CPU: zeros, or truncated normal.
 
-    ``init``: "zero" (default in DESIGN) or "normal" (truncated at +-2 std, drawn from the
+    ``init``: "zero" (the default) or "normal" (truncated at +-2 std, drawn from the
     CPU ``generator`` so host and device controllers agree).
 
     >>> new_block_values(2, 1, "zero", torch.Generator()).shape

@@ -1,4 +1,4 @@
-"""DynSp schedules as pure functions of the training step (DESIGN section 2).
+"""DynSp schedules as pure functions of the training step (docs/algorithm.md).
 
 Steps are 0-based indices of optimizer steps: the loop ``for t in range(T)`` runs
 ``optimizer.step()`` then ``controller.step(t)``. An update at step ``t`` happens

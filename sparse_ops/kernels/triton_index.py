@@ -99,13 +99,3 @@ def get_index(rows: torch.Tensor, cols: torch.Tensor, n_block_rows: int, n_block
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return index
-
-
-def clear_index_cache() -> None:
-    """Drop every cached index (tests; freeing memory after a run)."""
-    _cache.clear()
-
-
-def index_cache_size() -> int:
-    """Number of cached patterns."""
-    return len(_cache)

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bert_ipu.config import load_config
+from bert_ipu.train.optim import parameter_groups
 from bert_ipu.model import (
     ENCODER_LINEARS, BertForPreTraining, build_model, encoder_linear_shapes, make_linear,
-    parameter_groups, sparse_modules,
+    sparse_modules,
 )
 
 transformers = pytest.importorskip("transformers")

@@ -64,7 +64,7 @@ class _Tiny(nn.Module):
 
 def test_default_groups_exclude_biases_and_layernorm_from_decay():
     model = _Tiny()
-    decay, no_decay = O.default_parameter_groups(model, 0.01)
+    decay, no_decay = O.parameter_groups(model, 0.01)
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert [id(p) for p in decay["params"]] == [id(model.dense.weight)]
     assert {id(p) for p in no_decay["params"]} == {
@@ -73,7 +73,7 @@ def test_default_groups_exclude_biases_and_layernorm_from_decay():
 
 def test_adamw_uses_design_hyperparameters_and_decoupled_decay():
     model = _Tiny()
-    opt = O.build_optimizer(O.default_parameter_groups(model, 0.01), lr=0.1)
+    opt = O.build_optimizer(O.parameter_groups(model, 0.01), lr=0.1)
     assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-6
     before = model.LayerNorm.weight.detach().clone()
     w_before = model.dense.weight.detach().clone()
@@ -87,7 +87,7 @@ def test_adamw_uses_design_hyperparameters_and_decoupled_decay():
 
 def test_set_lr_and_clip_gradients():
     model = _Tiny()
-    opt = O.build_optimizer(O.default_parameter_groups(model, 0.01), lr=0.1)
+    opt = O.build_optimizer(O.parameter_groups(model, 0.01), lr=0.1)
     O.set_lr(opt, 0.5)
     assert {g["lr"] for g in opt.param_groups} == {0.5}
     for p in model.parameters():

@@ -74,7 +74,7 @@ def test_one_step_applies_the_mean_gradient_of_its_micro_batches(tiny_data, tmp_
     # The same first step by hand: the initial model, the first two batches.
     cfg = load_config(None, tiny_overrides(corpus, tmp_path / "x", cache, **settings))
     model = build_model(cfg.model, cfg.sparsity, seed=cfg.training.seed)
-    from bert_ipu.model import parameter_groups
+    from bert_ipu.train.optim import parameter_groups
 
     params = [p for g in parameter_groups(model, 0.01) for p in g["params"]]
     train, _, _ = build_datasets(cfg.data, log=lambda s: None)

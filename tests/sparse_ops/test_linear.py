@@ -198,3 +198,19 @@ def test_int64_checkpoint_pattern_loads_into_int32_buffers() -> None:
     dst = SparseLinear(64, 32, sparsity=0.5, block_size=4, seed=2)
     dst.load_state_dict(sd)
     assert dst.rows.dtype == torch.int32 and torch.equal(dst.rows, src.rows) and torch.equal(dst.cols, src.cols)
+
+
+def test_reset_parameters_redraws_values_like_nn_linear() -> None:
+    """The nn.Linear drop-in contract: `reset_parameters()` (called e.g. when a module
+    built on the meta device is materialised) re-draws the values, keeps the pattern."""
+    layer = SparseLinear(64, 32, block_size=8, sparsity=0.5, seed=0)
+    rows, cols = layer.rows.clone(), layer.cols.clone()
+    with torch.no_grad():
+        layer.bias.fill_(1.0)
+        layer.reset_parameters(torch.Generator().manual_seed(1))
+    again = SparseLinear(64, 32, block_size=8, sparsity=0.5, seed=0)
+    with torch.no_grad():
+        again.reset_parameters(torch.Generator().manual_seed(1))
+    assert torch.equal(layer.rows, rows) and torch.equal(layer.cols, cols)
+    assert torch.equal(layer.values, again.values) and bool((layer.bias == 0).all())
+    assert float(layer.values.detach().abs().max()) <= 0.04 and float(layer.values.detach().std()) > 0.005

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_ops.ablations import FrozenSubset
+from sparse_ops.dynsp.freeze import FrozenSubset
 from sparse_ops.format import SparseFormatError, random_pattern
 from sparse_ops.linear import SparseLinear
 

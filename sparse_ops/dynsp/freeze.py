@@ -1,54 +1,25 @@
-"""Ablation modes of DESIGN section 2 (mask-based by design; for ablations only).
+"""Freeze a random subset of the active weights for part of the run (an ablation).
 
-(a) Inactive weights as frozen random values instead of zeros
-    (``SparseLinear(..., inactive="frozen")``). The layer keeps a dense, frozen,
-    seeded truncated-normal buffer ``frozen_weight`` [O, I]; its entries at the
-    active blocks are ignored, so the effective weight is
-        W_eff = W_sparse + frozen_weight * (1 - active_mask)
-    and the forward adds ``x @ (frozen_weight * inactive_mask)^T``. The mask is
-    rebuilt from rows/cols at every forward, so it follows ``set_pattern``. This
-    stores an O x I dense buffer and runs one extra dense GEMM: mask-based.
-
-(b) Freezing a random subset of the active weights until a step, or from a step on
-    (:class:`FrozenSubset`): a gradient mask on ``values`` plus restoring the frozen
-    entries after ``optimizer.step()`` (AdamW weight decay and momentum would
-    otherwise still move them).
+``FrozenSubset`` freezes a random fraction of the active weights of every SparseLinear
+until a step (then unfreezes: the "first half" ablation) or from a step on (the "second
+half" ablation): a gradient mask on ``values`` plus restoring the frozen entries after
+``optimizer.step()`` (AdamW weight decay and momentum would otherwise still move them).
+It is a schedule beside the DynSp controller and follows its pattern changes: frozen
+weights keep their identity by position, pruned ones leave the subset, regrown ones are
+not frozen. Mask-based by design (for the ablation only).
 """
 from __future__ import annotations
 
 from typing import Iterable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparse_ops.format import SparseFormatError
-
-
-def make_frozen_weight(shape: tuple[int, int], seed: int, std: float = 0.02) -> Tensor:
-    """Dense [O, I] fp32 truncated-normal (std, cut at +-2 std) values from ``seed``; CPU."""
-    gen = torch.Generator().manual_seed(int(seed))
-    frozen = torch.empty(shape)
-    return nn.init.trunc_normal_(frozen, std=std, a=-2 * std, b=2 * std, generator=gen)
-
-
-def masked_frozen_weight(frozen: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
-    """Copy of ``frozen`` [O, I] with the active blocks (rows, cols) set to zero."""
-    O, I = frozen.shape
-    B = block_size
-    masked = frozen.clone()
-    masked.view(O // B, B, I // B, B).permute(0, 2, 1, 3)[rows, cols] = 0
-    return masked
-
-
-def frozen_inactive_term(x: Tensor, frozen: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
-    """x [..., I] @ (frozen * inactive_mask)^T -> [..., O]; no gradient reaches ``frozen``."""
-    return F.linear(x, masked_frozen_weight(frozen.detach(), rows, cols, block_size))
+from ..format import SparseFormatError
+from ..linear import SparseLinear
 
 
 def _sparse_layers(modules: Union[nn.Module, Iterable[nn.Module]]) -> list[nn.Module]:
-    from sparse_ops.linear import SparseLinear  # lazy: linear.py imports this module
-
     roots = [modules] if isinstance(modules, nn.Module) else list(modules)
     found: list[nn.Module] = []
     for root in roots:
