@@ -2,16 +2,17 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 KSTAMP := $(VENV)/.kernels-$(shell cksum requirements-kernels.txt | cut -d' ' -f1)
 CONFIG ?= configs/demo.yaml
 
 .PHONY: pretrain test test-slow test-kernels test-all bench flops clean-venv
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -37,7 +38,7 @@ test-kernels: $(KSTAMP)
 test-all: test test-slow test-kernels
 
 bench: $(STAMP)
-	$(PY) tools/bench_ops.py --quick
+	$(PY) -m dynsp_tools.bench_ops --quick
 
 clean-venv:
 	rm -rf $(VENV)

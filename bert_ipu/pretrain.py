@@ -102,5 +102,10 @@ def _exit(code: int) -> None:
     sys.exit(code)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point (`bert-ipu-pretrain`): main() and the exit code."""
     _exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,15 +1,13 @@
-"""Shared pytest fixtures: repository root on sys.path, the offline data folder."""
+"""Shared pytest fixtures: the offline data folder; no network. The packages are
+imported as installed (`pip install -e .`, which `make test` does)."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

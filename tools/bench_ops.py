@@ -18,8 +18,8 @@ CPU; narrow it with the options.
 QKV 3HxH, FFN 4HxH and Hx4H; H = 768), N in {4096, 16384} and B in {16, 8}, the
 fwd+bwd time (forward, grad-input, grad-values) of this package's Triton kernels
 against dense cuBLAS (nn.Linear) and torch.sparse BSR (``bsr_dense_addmm``), with
-CUDA events (`sparse_ops.kernels.triton_bench.bench_cuda_layer`), and the achieved
-fraction of the memory-bound roofline (`sparse_ops.kernels.roofline`; 1.0 = at the
+CUDA events (`dynsp_tools.benchlib.triton_layers.bench_cuda_layer`), and the achieved
+fraction of the memory-bound roofline (`dynsp_tools.benchlib.roofline`; 1.0 = at the
 bound). ``x dense`` and ``x t.sparse`` are speed-ups (> 1: Triton is faster).
 
 Results also go to JSON (default ``runs/bench/bench_ops_<device>.json``). Without
@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from sparse_ops import bench  # noqa: E402
+from dynsp_tools.benchlib import layers as bench
 
 BACKENDS = ("auto", "dense", "bsr", "gather_bmm")
 LINEAR_SHAPES = ("HxH", "3HxH", "4HxH", "Hx4H")
@@ -130,7 +128,7 @@ def kernel_row_cells(case: bench.KernelCase, dtype: str, r: dict[str, Any]) -> l
 
 def run_kernels(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The CUDA kernel suite (bench_cuda_layer per case); prints the table at the end."""
-    from sparse_ops.kernels.triton_bench import bench_cuda_layer
+    from dynsp_tools.benchlib.triton_layers import bench_cuda_layer
 
     grid = dict(bench.KERNEL_GRID)
     for key in ("hidden", "tokens", "sparsity", "block_sizes"):

@@ -7,7 +7,7 @@ For every size and variant (dense; static and DynSp at --sparsity 0.9 with block
 sizes --block-sizes 1,16) the config (default: the library defaults, i.e. phase-I
 settings with vocabulary 30522; `training.precision=auto`) is built fresh and trained
 --steps steps with the trainer's own `train_step` after --warmup untimed steps
-(`bert_ipu.benchmark.train_case`). DynSp runs --dynsp-updates pattern updates within
+(`benchlib.training.train_case`). DynSp runs --dynsp-updates pattern updates within
 the timed steps; their time is reported and taken out of the throughput
 (tools/bench_updates.py measures what updates cost a run).
 
@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from bert_ipu import benchmark as bm  # noqa: E402
-from bert_ipu.devices import resolve_device  # noqa: E402
-from bert_ipu.model.sizes import MODEL_SIZES  # noqa: E402
-from sparse_ops.bench import format_table, machine_info  # noqa: E402
+from dynsp_tools.benchlib import training as bm
+from bert_ipu.devices import resolve_device
+from bert_ipu.model.sizes import MODEL_SIZES
+from dynsp_tools.benchlib.layers import format_table, machine_info
 
 MIB = 2.0 ** 20
 

@@ -6,7 +6,7 @@ against throughput"), with the host-side and the device-side controller.
 
 For every n and placement: a fresh build of the config (sparsity.method=dynamic,
 sparsity.n_updates=n, sparsity.placement=...) trains T steps with the trainer's own
-`train_step` (`bert_ipu.benchmark`; updates at t_k = floor(k T / (n + 1))), after
+`train_step` (`benchlib.training`; updates at t_k = floor(k T / (n + 1))), after
 --warmup untimed steps. Data: synthetic random token batches shaped like the config's
 (default; isolates the model from data loading) or, with --no-synthetic, the config's
 corpus. n must be < T: T defaults to 2 x max(n); with a smaller --steps, larger n
@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bert_ipu import benchmark as bm  # noqa: E402
-from bert_ipu.devices import resolve_device  # noqa: E402
-from sparse_ops.bench import format_table, machine_info  # noqa: E402
+from dynsp_tools.benchlib import training as bm
+from bert_ipu.devices import resolve_device
+from dynsp_tools.benchlib.layers import format_table, machine_info
 
 DEFAULT_N = (0, 20, 40, 80, 160, 320)
 

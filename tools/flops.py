@@ -22,13 +22,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bert_ipu.model.sizes import MODEL_SIZES, ModelSize  # noqa: E402
-from sparse_ops.dynsp.distribution import DISTRIBUTIONS  # noqa: E402
-from sparse_ops.dynsp.methods import regrowth_names  # noqa: E402
-from sparse_ops.flops import training_flops_per_sequence  # noqa: E402
-from sparse_ops.format import VALID_BLOCK_SIZES  # noqa: E402
+from bert_ipu.model.sizes import MODEL_SIZES, ModelSize
+from sparse_ops.dynsp.distribution import DISTRIBUTIONS
+from sparse_ops.dynsp.methods import regrowth_names
+from sparse_ops.flops import training_flops_per_sequence
+from sparse_ops.format import VALID_BLOCK_SIZES
 
 
 def encoder_shapes(size: ModelSize) -> list[tuple[int, int]]:

@@ -1,7 +1,7 @@
-"""Tests of the thin scripts under tools/."""
+"""Tests of the tools (installed as the package ``dynsp_tools``)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 from types import ModuleType
 
@@ -9,13 +9,10 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def tool_path(name: str) -> Path:
-    """tools/<name>.py"""
+    """tools/<name>.py (for running a tool as a script)."""
     return TOOLS / f"{name}.py"
 
 
 def load_tool(name: str) -> ModuleType:
-    """Import tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", tool_path(name))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The tool's module, ``dynsp_tools.<name>``."""
+    return importlib.import_module(f"dynsp_tools.{name}")

@@ -64,7 +64,7 @@ def _fake_bench(shape, N, sparsity, block_size, dtype, iters=20):
 
 
 def test_kernel_table_from_bench_cuda_layer(monkeypatch, capsys):
-    from sparse_ops.kernels import triton_bench
+    from dynsp_tools.benchlib import triton_layers as triton_bench
 
     monkeypatch.setattr(triton_bench, "bench_cuda_layer", _fake_bench)
     args = argparse.Namespace(hidden=None, tokens=[4096], sparsity=None, block_sizes=[16, 8],

@@ -1,4 +1,4 @@
-"""tools/bench_train.py and bert_ipu/benchmark.py: a tiny CPU run writes JSON with ratios
+"""tools/bench_train.py and tools/benchlib/training.py: a tiny CPU run writes JSON with ratios
 vs dense, the peak-memory window sees an allocation, and the data-free components
 (synthetic mode) come from the trainer's own `build_components`."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert_ipu import benchmark as bm
+from dynsp_tools.benchlib import training as bm
 from bert_ipu.config import ConfigError, load_config
 from bert_ipu.train.build import build_components
-from sparse_ops.bench import PeakMemory
+from dynsp_tools.benchlib.layers import PeakMemory
 from tests.bert_ipu.tiny_run import tiny_overrides, write_corpus
 from tests.tools import load_tool, tool_path
 

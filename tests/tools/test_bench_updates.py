@@ -43,7 +43,7 @@ def test_summarise_ratio_and_projection():
 
 
 def test_layer_update_ms_times_a_copy():
-    from sparse_ops.bench import layer_update_ms
+    from dynsp_tools.benchlib.layers import layer_update_ms
     from sparse_ops.linear import SparseLinear
 
     layer = SparseLinear(64, 128, sparsity=0.75, block_size=8, seed=0)

@@ -42,7 +42,7 @@ from bert_ipu.train.loop import Run, TrainerHooks, train_step
 from bert_ipu.train.metrics import MetricsWriter, Progress
 from bert_ipu.train.signals import StopRequest
 from bert_ipu.train.state import TrainState
-from sparse_ops.bench import PeakMemory, layer_update_ms
+from dynsp_tools.benchlib.layers import PeakMemory, layer_update_ms
 from sparse_ops.memory import state_bytes
 
 Batch = dict[str, torch.Tensor]
@@ -189,7 +189,7 @@ def _timed_step(run: Run, timing: StepTiming, t: int) -> None:
 def layer_type_update_ms(core: nn.Module, placement: str, layer: int = 0, repeats: int = 5,
                          prune_ratio: float = 0.5) -> dict[str, float]:
     """Median ms of one pattern update of encoder layer `layer`'s linear of each type
-    (`LAYER_TYPES`), on a copy (`sparse_ops.bench.layer_update_ms`); {} when dense."""
+    (`LAYER_TYPES`), on a copy (`benchlib.layers.layer_update_ms`); {} when dense."""
     modules = dict(core.named_modules())
     out = {}
     for kind, rel in LAYER_TYPES.items():
@@ -249,7 +249,7 @@ def sweep_updates(config: str | Path | None, overrides: Sequence[str], n_updates
 
 
 def train_case(cfg: Config, synthetic: bool = True, warmup: int = 2) -> dict[str, Any]:
-    """Sequences/s, peak memory growth (`sparse_ops.bench.PeakMemory`: from before the
+    """Sequences/s, peak memory growth (`benchlib.layers.PeakMemory`: from before the
     model is built to the end of the timed steps) and persistent state bytes of one
     config; the components are released before returning."""
     device = resolve_device(cfg.training.device).torch_device

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from sparse_ops.kernels import roofline
+from dynsp_tools.benchlib import roofline
 
 Fn = Callable[[], object]
 

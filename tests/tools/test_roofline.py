@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_ops.kernels import roofline
+from dynsp_tools.benchlib import roofline
 
 pytestmark = pytest.mark.kernels
 
@@ -41,7 +41,7 @@ def test_bad_arguments_are_named():
 def test_bench_cuda_layer_raises_clearly_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("has CUDA")
-    from sparse_ops.kernels.triton_bench import bench_cuda_layer
+    from dynsp_tools.benchlib.triton_layers import bench_cuda_layer
 
     with pytest.raises(RuntimeError, match="bench_cuda_layer: needs a CUDA device"):
         bench_cuda_layer((768, 768), 4096, 0.9, 16, torch.bfloat16)
@@ -50,7 +50,7 @@ def test_bench_cuda_layer_raises_clearly_without_cuda():
 @pytest.mark.gpu
 def test_bench_cuda_layer_reports_every_column():
     pytest.importorskip("triton")
-    from sparse_ops.kernels.triton_bench import bench_cuda_layer
+    from dynsp_tools.benchlib.triton_layers import bench_cuda_layer
 
     res = bench_cuda_layer((256, 128), 1024, 0.9, 16, torch.bfloat16, iters=3)
     for key in ("dense_ms", "triton_ms", "roofline_ms", "roofline_fraction", "speedup_vs_dense"):

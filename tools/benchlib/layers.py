@@ -6,7 +6,7 @@ every variant once), so a load change on a shared machine hits all of them alike
 the reported number is the median over rounds, in milliseconds, with the device
 synchronised around every call (CUDA).
 
-Also here, for the training benchmarks (bert_ipu/benchmark.py, tools/bench_*.py):
+Also here, for the training benchmarks (training.py, tools/bench_*.py):
 ``PeakMemory`` (peak memory growth of a code region, CUDA or CPU), ``layer_update_ms``
 (one DynSp update of one existing layer, either placement), ``KERNEL_SHAPES`` /
 ``kernel_cases`` (the CUDA kernel grid) and ``format_table``.
