@@ -27,7 +27,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="BERT phase-I pre-training (MLM + NSP), dense, static-sparse or DynSp.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="overrides use dotted keys, e.g. training.learning_rate=1e-3 "
-               "checkpoint.resume_training_from_checkpoint=latest\n\nexit codes:"
+               "checkpoint.resume_training_from_checkpoint=latest\n"
+               "every key, its default and valid values: docs/config_reference.md "
+               "(or python -m bert_ipu.config.reference --stdout)\n\nexit codes:"
                + __doc__.split("Exit codes:", 1)[1])
     parser.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

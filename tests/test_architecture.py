@@ -121,3 +121,11 @@ def test_product_code_does_not_cite_files_users_do_not_have():
     bad = [str(p.relative_to(ROOT)) for p in files
            if re.search(r"DESIGN(\.md| section)|\.\./shared", p.read_text())]
     assert bad == []
+
+
+def test_the_config_reference_is_up_to_date():
+    """docs/config_reference.md is generated from the schema; regenerate it with
+    `python -m bert_ipu.config.reference` after changing a config field."""
+    from bert_ipu.config import reference
+
+    assert reference.DOC.read_text() == reference.reference_markdown()
