@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from bert_ipu.schema import (
-    ConfigError, check_ranges as _check_ranges, choices, coerce_fields, need as _need,
+    ConfigError, check_ranges as _check_ranges, choices, coerce_fields, fail, need as _need,
     nonneg as _nonneg, pos as _pos, unit_open as _unit_open,
 )
 from bert_ipu.devices import device_kinds
