@@ -24,7 +24,11 @@ PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 
 
 class LayoutError(ValueError):
-    """The stage split does not fit the job (the message names the key)."""
+    """The stage split does not fit the job (the message starts with `key`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,13 @@ def layout_for(layers_per_stage: Sequence[int] | None, key: str, rank: int,
         return None
     stages = len(layers_per_stage)
     if min(layers_per_stage) < 1:
-        raise LayoutError(f"{key}: expected at least one encoder layer per stage on CPU/CUDA "
+        raise LayoutError(key, f"expected at least one encoder layer per stage on CPU/CUDA "
                           f"pipelines, got {list(layers_per_stage)}")
     if stages > world_size:
-        raise LayoutError(f"{key}: expected at most WORLD_SIZE={world_size} stages (one process "
+        raise LayoutError(key, f"expected at most WORLD_SIZE={world_size} stages (one process "
                           f"per stage: torchrun --nproc_per_node {stages}), got {stages} stages")
     if world_size % stages:
-        raise LayoutError(f"{key}: expected a stage count dividing WORLD_SIZE={world_size} "
+        raise LayoutError(key, f"expected a stage count dividing WORLD_SIZE={world_size} "
                           f"(stages x data-parallel replicas), got {stages} stages")
     return PipelineLayout(tuple(int(n) for n in layers_per_stage), rank % stages, rank // stages)
 

@@ -73,7 +73,7 @@ def check_pipeline(cfg: Config, info: D.DistInfo) -> D.DistInfo:
     try:
         layout = pipeline_layout(cfg, info.rank, info.world_size)
     except LayoutError as exc:
-        raise ConfigError(str(exc), str(exc).split(":")[0]) from None
+        raise ConfigError(str(exc), exc.key) from None
     if layout is None:
         return info
     for bad, name in ((t.compile, "training.compile"),

@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_map
 
 from bert_ipu.devices import distributed as D
 from bert_ipu.devices.pipeline import (
-    PipelineLayout, broadcast_owned, make_groups, owner_stage, pipeline_layout,
+    broadcast_owned, make_groups, pipeline_layout,
 )
 from bert_ipu.model.bert import ENCODER_LINEARS, pretraining_output
 from bert_ipu.model.stages import BertStage, stage_module_names
@@ -232,8 +232,3 @@ def merge_stage_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
         total = sum(p for _, p in pruned)
         out["removed_new_fraction"] = removed / total if total else 0.0
     return out
-
-
-def owned_names(core: nn.Module, layout: PipelineLayout) -> list[str]:
-    """State-dict names this rank's stage trains (diagnostics and tests)."""
-    return [n for n in core.state_dict() if owner_stage(n, layout) == layout.stage]
