@@ -176,12 +176,14 @@ def assert_same_run(want: Path, got: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
-def test_two_stages_equal_the_single_process_run(tiny_data, tmp_path, schedule):
-    """2 stages x 1 replica == 1 process, over 6 steps with 2 pattern updates; the
+@pytest.mark.parametrize("schedule, regrow", [("gpipe", "random"), ("1f1b", "gradient")])
+def test_two_stages_equal_the_single_process_run(tiny_data, tmp_path, schedule, regrow):
+    """2 stages x 1 replica == 1 process, over 6 steps with 2 pattern updates (random
+    regrowth, or RigL's gradient regrowth from X/dY captured on each stage); the
     pipeline's checkpoint resumes exactly and refuses an unpipelined resume."""
-    launch(tmp_path, tiny_data, "single", 1)
-    launch(tmp_path, tiny_data, "pipe", 2, **{KEY: [1, 1], "training.pipeline_schedule": schedule})
+    launch(tmp_path, tiny_data, "single", 1, **{"sparsity.regrow": regrow})
+    launch(tmp_path, tiny_data, "pipe", 2, **{KEY: [1, 1], "training.pipeline_schedule": schedule,
+                                              "sparsity.regrow": regrow})
     assert_same_run(tmp_path / "single", tmp_path / "pipe")
     last = sorted((tmp_path / "pipe" / "checkpoints").glob("step_*"))[-1]
     files = json.loads((last / "manifest.json").read_text())["files"]
@@ -211,3 +213,24 @@ def test_two_stages_by_two_replicas_equal_data_parallel(tiny_data, tmp_path):
     launch(tmp_path, tiny_data, "pp2x2", 4, **{KEY: [1, 1]})
     assert_same_run(tmp_path / "ddp", tmp_path / "pp2x2")
     assert len([r for r in load_metrics(tmp_path / "pp2x2") if "update_index" in r]) == 2
+
+
+def test_resume_with_another_split_is_refused_naming_the_key():
+    from types import SimpleNamespace
+
+    from bert_ipu.train.pipeline_step import PipelineStepRunner
+    from bert_ipu.train.step import unpipelined_view
+
+    saved = {"pipeline.json": json.dumps({"layers_per_stage": [2, 2], "replicas": 1}),
+             "stage-1.pt": {"optimizer": "o1", "controller": "c1"},
+             "optimizer.pt": "o0", "controller.pt": {"controller": "c0", "frozen": None}}
+    runner = SimpleNamespace(layout=layout_for((1, 3), KEY, 1, 2))
+    with pytest.raises(ValueError, match=r"training.layers_per_stage=\[2, 2\], this run has \[1, 3\]"):
+        PipelineStepRunner.checkpoint_view(runner, saved)
+    runner = SimpleNamespace(layout=layout_for((2, 2), KEY, 1, 2))
+    view = PipelineStepRunner.checkpoint_view(runner, saved)
+    assert view["optimizer.pt"] == "o1" and view["controller.pt"]["controller"] == "c1"
+    with pytest.raises(ValueError, match="written by an unpipelined run"):
+        PipelineStepRunner.checkpoint_view(runner, {"optimizer.pt": "o0"})
+    with pytest.raises(ValueError, match="written by a pipelined run"):
+        unpipelined_view(saved)
