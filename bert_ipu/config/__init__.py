@@ -101,10 +101,11 @@ class Config:
                   f">= data.vocab_size={d.vocab_size} (the trained vocabulary)", m.vocab_size)
         _need(m.pad_token_id < m.vocab_size, "model.pad_token_id",
               f"< model.vocab_size={m.vocab_size}", m.pad_token_id)
-        if t.layers_per_ipu is not None:
-            _need(sum(t.layers_per_ipu) == m.num_hidden_layers, "training.layers_per_ipu",
+        if t.pipeline_layers is not None:
+            key = "layers_per_stage" if t.layers_per_stage is not None else "layers_per_ipu"
+            _need(sum(t.pipeline_layers) == m.num_hidden_layers, f"training.{key}",
                   f"entries summing to model.num_hidden_layers={m.num_hidden_layers}",
-                  list(t.layers_per_ipu))
+                  list(t.pipeline_layers))
 
 
 # ---------------------------------------------------------------- public API

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from bert_ipu.schema import (
-    ConfigError, check_ranges as _check_ranges, choices, coerce_fields, need as _need,
+    ConfigError, check_ranges as _check_ranges, choices, coerce_fields, fail, need as _need,
     nonneg as _nonneg, pos as _pos, unit_open as _unit_open,
 )
 from bert_ipu.devices import device_kinds
+from bert_ipu.devices.pipeline import PIPELINE_SCHEDULES
 from bert_ipu.model.sizes import MODEL_SIZES
 from bert_ipu.train.optim import SCHEDULES as LR_SCHEDULES
 from bert_ipu.train.precision import PRECISIONS
@@ -206,7 +207,12 @@ class TrainingConfig:
     device: str = field(default="auto", metadata=choices(device_kinds))
     """Where to train (auto: cuda if available, else cpu)."""
     layers_per_ipu: tuple[int, ...] | None = None
-    """IPU pipeline: encoder layers per stage; must sum to model.num_hidden_layers."""
+    """Pipeline: encoder layers per stage (IPUs; on CPU/CUDA torchrun ranks running
+    torch.distributed.pipelining); must sum to model.num_hidden_layers."""
+    layers_per_stage: tuple[int, ...] | None = None
+    """Device-neutral alias of layers_per_ipu (set one of them, or both equal)."""
+    pipeline_schedule: str = field(default="gpipe", metadata=choices(lambda: PIPELINE_SCHEDULES))
+    """CPU/CUDA pipeline schedule over the gradient_accumulation micro-batches."""
     compile: bool = False
     """Wrap the model in torch.compile."""
 
@@ -231,7 +237,18 @@ class TrainingConfig:
             "seed": (_seed, "an integer in [0, 2**63 - 1]"),
             "layers_per_ipu": (lambda v: len(v) > 0 and all(n >= 0 for n in v),
                                "a non-empty list of integers >= 0, or null"),
+            "layers_per_stage": (lambda v: len(v) > 0 and all(n >= 0 for n in v),
+                                 "a non-empty list of integers >= 0, or null"),
         })
+        if None not in (self.layers_per_ipu, self.layers_per_stage) and \
+                tuple(self.layers_per_ipu) != tuple(self.layers_per_stage):
+            raise fail("training.layers_per_stage", "null or equal to training.layers_per_ipu "
+                       f"{list(self.layers_per_ipu)} (an alias)", list(self.layers_per_stage))
+
+    @property
+    def pipeline_layers(self) -> tuple[int, ...] | None:
+        """Encoder layers per pipeline stage (layers_per_stage or layers_per_ipu)."""
+        return self.layers_per_stage or self.layers_per_ipu
 
 
 @dataclass(frozen=True)

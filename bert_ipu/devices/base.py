@@ -9,7 +9,8 @@ A device kind is one `Device` subclass registered with `@register_device`:
     synchronize()        wait for queued work (honest timings)
     rng_state()          device-side RNG state (checkpoints), set_rng_state()
     step_runner(...)     what runs one optimizer step: `bert_ipu.train.step.TorchStepRunner`
-                         for torch devices; the IPU brings its own (PopTorch)
+                         for torch devices (`train.pipeline_step.PipelineStepRunner` when
+                         pipelined); the IPU brings its own (PopTorch)
 
 Adding a device = one file with its subclass + one import line in `devices/__init__.py`.
 """
@@ -39,6 +40,9 @@ class Device:
     distributed_backend: ClassVar[str] = "gloo"
     auto_priority: ClassVar[int] = 0
     """`training.device: auto` takes the available kind with the highest priority."""
+    torch_pipeline: ClassVar[bool] = True
+    """training.layers_per_stage runs torch.distributed.pipelining stages on torchrun
+    ranks (False where the device pipelines by itself: IPUs)."""
 
     def __init__(self, torch_device: torch.device) -> None:
         self.torch_device = torch_device
@@ -81,9 +85,15 @@ class Device:
 
     def step_runner(self, core: torch.nn.Module, groups: list[dict[str, Any]], cfg: "Config",
                     dist: "DistInfo", log: Callable[[str], None]) -> Any:
-        """What runs one optimizer step (see bert_ipu/train/step.py for the protocol)."""
+        """What runs one optimizer step (see bert_ipu/train/step.py for the protocol):
+        a pipeline stage when training.layers_per_stage has several stages."""
         from bert_ipu.train.step import TorchStepRunner
 
+        layers = cfg.training.pipeline_layers
+        if layers is not None and len(layers) > 1:
+            from bert_ipu.train.pipeline_step import PipelineStepRunner
+
+            return PipelineStepRunner(self, core, groups, cfg, dist, log)
         return TorchStepRunner(self, core, groups, cfg, dist, log)
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from bert_ipu.devices.ipu_state import DeviceMoments
 from bert_ipu.model import sparse_modules
-from bert_ipu.train.step import StepResult
+from bert_ipu.train.step import StepResult, unpipelined_view
 
 
 def stage_boundaries(layers_per_ipu: Sequence[int]) -> list[int]:
@@ -121,7 +121,7 @@ class IpuRunner:
         t = cfg.training
         self.model = model
         self.optimizer = build_ipu_optimizer(groups, t)
-        layers = t.layers_per_ipu or (cfg.model.num_hidden_layers,)
+        layers = t.pipeline_layers or (cfg.model.num_hidden_layers,)
         options = ipu_options(t.gradient_accumulation, t.replication_factor, 1, t.seed,
                               pipelined=len(layers) > 1, auto_loss_scaling=t.auto_loss_scaling)
         self.compiled = training_model(model, self.optimizer, layers, options)
@@ -130,6 +130,15 @@ class IpuRunner:
         self.moments = DeviceMoments({f"{name}.values": m.values
                                       for name, m in sparse_modules(model).items()})
         self.controller_optimizer = self.moments
+        self.trained: Any = model
+        self.dynsp_options: dict[str, Any] = {}
+
+    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]:
+        """No files beyond the common ones."""
+        return {}
+
+    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]:
+        return unpipelined_view(loaded)
 
     def step(self, run: Any, t: int) -> StepResult:
         """One PopTorch call runs accumulation, replication, clipping and AdamW on the

@@ -24,6 +24,7 @@ class IpuDevice(Device):
     """Graphcore IPUs through PopTorch: pipelined stages, replicas, fp16."""
 
     kind = "ipu"
+    torch_pipeline = False  # PopTorch pipelines layers_per_ipu itself
 
     @classmethod
     def available(cls) -> bool:

@@ -294,21 +294,30 @@ class BertForPreTraining(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         seq, pooled = self.bert(input_ids, token_type_ids, attention_mask)      # (B,S,H) (B,H)
         mlm_logits, nsp_logits = self.cls(seq, pooled, masked_lm_positions)     # (B,P,V) (B,2)
-        out = PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits)
-        losses = []
-        if masked_lm_ids is not None:
-            out.mlm_loss, out.mlm_correct, out.mlm_count = mlm_loss_and_counts(
-                mlm_logits, masked_lm_ids, masked_lm_weights)
-            losses.append(out.mlm_loss)
-        if next_sentence_label is not None:
-            labels = next_sentence_label.long().flatten()                       # (B,)
-            out.nsp_loss = F.cross_entropy(nsp_logits.float(), labels)
-            out.nsp_correct = (nsp_logits.detach().argmax(-1) == labels).sum()
-            out.nsp_count = torch.tensor(labels.numel(), device=labels.device)
-            losses.append(out.nsp_loss)
-        if losses:
-            out.loss = sum(losses[1:], losses[0])
-        return out
+        return pretraining_output(mlm_logits, nsp_logits, masked_lm_ids, masked_lm_weights,
+                                  next_sentence_label)
+
+
+def pretraining_output(mlm_logits: Tensor, nsp_logits: Tensor, masked_lm_ids: Tensor | None,
+                       masked_lm_weights: Tensor | None, next_sentence_label: Tensor | None
+                       ) -> PreTrainingOutput:
+    """The heads' logits (B,P,V) (B,2) with the losses of the labels given (the model's
+    forward and the last pipeline stage's loss share this arithmetic)."""
+    out = PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits)
+    losses = []
+    if masked_lm_ids is not None:
+        out.mlm_loss, out.mlm_correct, out.mlm_count = mlm_loss_and_counts(
+            mlm_logits, masked_lm_ids, masked_lm_weights)
+        losses.append(out.mlm_loss)
+    if next_sentence_label is not None:
+        labels = next_sentence_label.long().flatten()                           # (B,)
+        out.nsp_loss = F.cross_entropy(nsp_logits.float(), labels)
+        out.nsp_correct = (nsp_logits.detach().argmax(-1) == labels).sum()
+        out.nsp_count = torch.tensor(labels.numel(), device=labels.device)
+        losses.append(out.nsp_loss)
+    if losses:
+        out.loss = sum(losses[1:], losses[0])
+    return out
 
 
 # ---------------------------------------------------------------- building and helpers

@@ -64,6 +64,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def check_pipeline(cfg: Config, info: D.DistInfo) -> D.DistInfo:
+    """Check a CPU/CUDA pipeline split against the job (before any data preparation);
+    returns the data-parallel place of this rank (its replica among the replicas)."""
+    from bert_ipu.devices.pipeline import LayoutError, pipeline_layout
+
+    t = cfg.training
+    try:
+        layout = pipeline_layout(cfg, info.rank, info.world_size)
+    except LayoutError as exc:
+        raise ConfigError(str(exc), exc.key) from None
+    if layout is None:
+        return info
+    for bad, name in ((t.compile, "training.compile"),
+                      (cfg.sparsity.freeze_fraction > 0, "sparsity.freeze_fraction")):
+        if bad:
+            raise ConfigError(f"{name}: expected it off in a pipelined run (layers per "
+                              f"stage {list(layout.layers_per_stage)}), got it set", name)
+    return D.DistInfo(rank=layout.replica, world_size=info.world_size // layout.stages,
+                      local_rank=info.local_rank)
+
+
 def build_loaders(cfg: Config, info: D.DistInfo, log: Log
                   ) -> tuple[PretrainingLoader, PretrainingDataset | None]:
     """Prepare the data once: every rank asks for it, and the cache's file lock lets the
@@ -88,19 +109,22 @@ def total_training_steps(cfg: Config, loader: PretrainingLoader | None) -> int:
     return max(1, math.ceil(t.epochs * len(loader) / t.gradient_accumulation))
 
 
-def build_controller(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                     total_steps: int) -> Any | None:
+def build_controller(cfg: Config, model: nn.Module | dict[str, nn.Module],
+                     optimizer: torch.optim.Optimizer | None, total_steps: int,
+                     **options: Any) -> Any | None:
     """DynSpController for static/dynamic sparsity (static = 0 updates); None if dense.
 
     The `sparsity` section is the controller's settings (a DynSpSettings); when the
-    updates do not fit the run the error names `sparsity.n_updates`."""
+    updates do not fit the run the error names `sparsity.n_updates`. `options` are the
+    runner's (a pipeline stage's process group, layer offset, metrics combination)."""
     if cfg.sparsity.method == "dense":
         return None
     from sparse_ops.dynsp.controller import DynSpController
     from sparse_ops.dynsp.settings import SettingsError
 
     try:
-        return DynSpController(model, optimizer, total_steps, cfg.sparsity.controller_settings())
+        return DynSpController(model, optimizer, total_steps, cfg.sparsity.controller_settings(),
+                               **options)
     except SettingsError as exc:
         raise ConfigError(str(exc), exc.path, exc.expected, exc.value) from None
 
@@ -146,9 +170,11 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
                           "training.training_steps")
     info = D.from_environment()
     device = resolve_device(t.device, info.local_rank)
+    data_info = check_pipeline(cfg, info) if device.torch_pipeline else info
     D.init(info, device.distributed_backend)
     seed_everything(t.seed)
-    train, held_out = build_loaders(cfg, info, log) if data else (None, None)
+    quiet = log if info.is_main else (lambda s: None)
+    train, held_out = build_loaders(cfg, data_info, quiet) if data else (None, None)
     total = total_training_steps(cfg, train)
     core = build_model(cfg.model, cfg.sparsity, seed=t.seed).to(device.torch_device)
     runner = device.step_runner(core, parameter_groups(core, t.weight_decay), cfg, info, log)
@@ -159,7 +185,8 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
                             t.lr_schedule),
         scaler=build_loss_scaler(runner.precision, t.loss_scaling, t.auto_loss_scaling,
                                  t.loss_scaling_growth_interval),
-        controller=build_controller(cfg, core, runner.controller_optimizer, total),
+        controller=build_controller(cfg, runner.trained, runner.controller_optimizer, total,
+                                    **runner.dynsp_options),
         frozen=build_frozen_subset(cfg, core), train_loader=train, eval_dataset=held_out,
         total_steps=total, sequences_per_step=t.micro_batch_size * t.gradient_accumulation
         * runner.replicas, flops=run_flops(cfg, core, total), runner=runner)

@@ -91,6 +91,7 @@ def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
         "frozen": None if c.frozen is None else c.frozen.state_dict(),
     }
     return {
+        **c.runner.checkpoint_files(c.controller),  # a pipeline's per-stage files (collective)
         "model.pt": c.core.state_dict(),
         "optimizer.pt": c.optimizer.state_dict(),
         "controller.pt": controller,
@@ -156,6 +157,7 @@ def archive_earlier_run(out: RunOutputs) -> Path | None:
 
 def restore(c: Components, state: TrainState, loaded: dict[str, Any]) -> None:
     """Load every piece of a checkpoint into the built components."""
+    loaded = c.runner.checkpoint_view(loaded)  # a pipeline stage reads its own files
     trainer = loaded["trainer.pt"]
     if trainer["world_size"] != c.dist.world_size:
         raise ValueError(f"it was written by {trainer['world_size']} rank(s), this run has "

@@ -9,6 +9,12 @@ A step runner is what a device (bert_ipu/devices) provides to run step t; the lo
                           optimizer itself, or a view of device-held state)
     precision             the concrete precision (fp32 | bf16 | fp16)
     replicas              data-parallel replicas contributing to one step
+    trained               what this process trains: the module (or name -> SparseLinear
+                          dict) the DynSp controller updates
+    dynsp_options         extra DynSpController arguments (a pipeline stage's group,
+                          layer offset and metrics combination; {} otherwise)
+    checkpoint_files(ctl) extra checkpoint files (collective; {} unless pipelined)
+    checkpoint_view(l)    the loaded checkpoint as this process restores it
     step(run, t)          -> StepResult, or None when a stop was requested between
                           micro-batches (the loop checkpoints that position)
     sync_to_host()        bring device-held weights to the host model (checkpoints)
@@ -16,7 +22,8 @@ A step runner is what a device (bert_ipu/devices) provides to run step t; the lo
 
 `TorchStepRunner` (CPU, CUDA): for each micro-batch forward under autocast, scaled
 loss / accumulation, backward; then unscale, finite check, clip, AdamW, and the DynSp
-controller RIGHT AFTER optimizer.step(). The IPU runner is bert_ipu/devices/ipu.py.
+controller RIGHT AFTER optimizer.step(). The IPU runner is bert_ipu/devices/ipu.py,
+the pipeline runner (torch.distributed.pipelining) bert_ipu/train/pipeline_step.py.
 """
 from __future__ import annotations
 
@@ -72,6 +79,15 @@ class TorchStepRunner:
         # come from the unwrapped core.
         self.model = D.wrap_model(torch.compile(core) if t.compile else core, dist,
                                   device.torch_device)
+        self.trained: Any = core
+        self.dynsp_options: dict[str, Any] = {}
+
+    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]:
+        """No files beyond the common ones."""
+        return {}
+
+    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]:
+        return unpipelined_view(loaded)
 
     def sync_to_host(self) -> None:
         """Nothing to do: the weights live in the host-visible module."""
@@ -123,7 +139,7 @@ class TorchStepRunner:
         finite = not D.any_rank(not finite, self.dist, self.device.torch_device)
         if c.frozen is not None:
             c.frozen.apply(t)
-        grad_norm = clip_gradients(c.params, c.cfg.training.max_grad_norm) if finite else math.nan
+        grad_norm = self.clip(c.params, c.cfg.training.max_grad_norm) if finite else math.nan
         lr = c.schedule(t)
         set_lr(self.optimizer, lr)
         applied = c.scaler.update(found_nonfinite=not finite)
@@ -134,6 +150,19 @@ class TorchStepRunner:
         update = c.controller.step(t) if c.controller is not None else None  # DynSp, right here
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(lr, grad_norm, applied, update)
+
+    def clip(self, params: list[nn.Parameter], max_norm: float) -> float:
+        """Clip the global gradient norm (of this process's parameters here)."""
+        return clip_gradients(params, max_norm)
+
+
+def unpipelined_view(loaded: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of an unpipelined run, as is; one written by a CPU/CUDA pipeline
+    (its optimizer state is per stage) is refused."""
+    if "pipeline.json" in loaded:
+        raise ValueError(f"it was written by a pipelined run ({loaded['pipeline.json'].strip()}); "
+                         "this run has no training.layers_per_stage")
+    return loaded
 
 
 def flush_losses(run: "Run") -> None:

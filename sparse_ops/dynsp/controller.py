@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import fields, replace
+from functools import partial
 from typing import Callable, Optional, Union
 
 import torch
@@ -84,16 +85,22 @@ class DynSpController:
     regrow_init, regrow_pruned, placement, seed; a subclass such as the run config's
     ``sparsity`` section works as is); ``**overrides`` replace single settings
     (``DynSpController(model, opt, 100, n_updates=4)``). Runtime options: sync
-    ("auto" | "none" | "verify" | "broadcast", see sync.py); verify_fn (called with
+    ("auto" | "none" | "verify" | "broadcast", see sync.py); group (the process group of
+    the data-parallel replicas of these layers; None: all ranks); layer_offset (index
+    of the first layer in the whole model: a pipeline stage draws the random numbers
+    the single-process run draws for its layers); verify_fn (called with
     {name: new sorted linear indices} after every update); grad_chunk_elems (max
-    dense-gradient entries held at once for RigL). Bad settings raise SettingsError
-    naming the field.
+    dense-gradient entries held at once for RigL); combine_fn (metrics of these layers
+    -> metrics of the whole model, e.g. gathered across pipeline stages; applied to what
+    step() and pattern_metrics() return). Bad settings raise SettingsError naming the field.
     """
 
     def __init__(self, modules: Union[nn.Module, dict], optimizer: Optional[torch.optim.Optimizer],
                  total_steps: int, settings: Optional[DynSpSettings] = None, *, sync: str = "auto",
                  verify_fn: Optional[Callable[[dict[str, Tensor]], None]] = None,
-                 grad_chunk_elems: int = 1 << 22, **overrides: object) -> None:
+                 grad_chunk_elems: int = 1 << 22, group: Optional[object] = None,
+                 layer_offset: int = 0, combine_fn: Optional[Callable[[dict], dict]] = None,
+                 **overrides: object) -> None:
         settings = settings if settings is not None else DynSpSettings()
         if not isinstance(settings, DynSpSettings):
             raise ValueError(f"DynSpController: argument 'settings' must be a DynSpSettings, "
@@ -120,7 +127,9 @@ class DynSpController:
                                               regrow_pruned=settings.regrow_pruned)
         self.config = dict(total_steps=total_steps, **settings.dynsp_fields())
         self.seed, self.placement, self.regrow_init = settings.seed, settings.placement, settings.regrow_init
-        self.sync = resolve_sync(sync)
+        self.group, self.layer_offset = group, int(layer_offset)
+        self.combine_fn = combine_fn if combine_fn is not None else dict
+        self.sync = resolve_sync(sync, group)
         self.verify_fn = verify_fn
         self.grad_chunk_elems = grad_chunk_elems
         self.nnz = {n: m.nnz for n, m in self.layers.items()}
@@ -169,10 +178,10 @@ class DynSpController:
         pr = self.schedule.compute(step)
         index = self.schedule.update_index(step)
         updates = {name: self._decide(name, m, pr, index, li)
-                   for li, (name, m) in enumerate(self.layers.items())}
+                   for li, (name, m) in enumerate(self.layers.items(), self.layer_offset)}
         self._synchronise(updates)
         records = {name: self._apply(name, self.layers[name], updates[name], index, li)
-                   for li, name in enumerate(self.layers)}
+                   for li, name in enumerate(self.layers, self.layer_offset)}
         for m in self.layers.values():
             if m.values.is_cuda:
                 torch.cuda.synchronize(m.values.device)
@@ -182,7 +191,7 @@ class DynSpController:
         self.last_update_step = step
         self._rearm(step)
         self.last_metrics = self._metrics(step, index, pr, elapsed, updates, records)
-        return dict(self.last_metrics)
+        return self.combine_fn(dict(self.last_metrics))
 
     def _rearm(self, step: int) -> None:
         self._capture.disarm()
@@ -202,7 +211,7 @@ class DynSpController:
                 raise RuntimeError(
                     f"DynSpController.step: regrow='gradient' needs X and dY of layer {name!r} from this "
                     f"step's forward/backward; call controller.before_step(t) before the forward pass")
-            reduce_fn = all_reduce_sum if self.sync != "none" else None
+            reduce_fn = partial(all_reduce_sum, group=self.group) if self.sync != "none" else None
             grad_scores = lambda: self._capture.score_chunks(  # noqa: E731
                 name, m.block_size, self.grad_chunk_elems, reduce_fn, dev)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, index, li, 0))
@@ -210,9 +219,9 @@ class DynSpController:
 
     def _synchronise(self, updates: dict[str, PatternUpdate]) -> None:
         if self.sync == "broadcast":
-            broadcast_updates(updates)
+            broadcast_updates(updates, self.group)
         elif self.sync == "verify":
-            verify_across_ranks({n: u.lin for n, u in updates.items()})
+            verify_across_ranks({n: u.lin for n, u in updates.items()}, self.group)
         if self.verify_fn is not None:
             self.verify_fn({n: u.lin for n, u in updates.items()})
 
@@ -245,11 +254,15 @@ class DynSpController:
             out[f"removed_new_fraction/{name}"] = n_removed / n_pruned if n_pruned else 0.0
             out[f"pruned_blocks/{name}"] = n_pruned
         out["removed_new_fraction"] = removed / pruned if pruned else 0.0
-        out.update(self.pattern_metrics())
+        out.update(self._pattern_metrics())
         return out
 
     def pattern_metrics(self) -> dict:
-        """Current ``dof/NAME``, ``density/NAME`` per layer and ``dof_mean`` (any time)."""
+        """Current ``dof/NAME``, ``density/NAME`` per layer and ``dof_mean`` (any time;
+        through combine_fn, which may be collective)."""
+        return self.combine_fn(self._pattern_metrics())
+
+    def _pattern_metrics(self) -> dict:
         out: dict = {}
         for name, m in self.layers.items():
             out[f"dof/{name}"] = float(self.trackers[name].dof())

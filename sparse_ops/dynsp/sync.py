@@ -27,17 +27,19 @@ if TYPE_CHECKING:
 SYNC_MODES = ("auto", "none", "verify", "broadcast")
 
 
-def world_size() -> int:
-    """Number of ranks (1 when torch.distributed is not initialised)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def world_size(group: object | None = None) -> int:
+    """Number of ranks in `group` (None: all; 1 when torch.distributed is not initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
 
 
-def resolve_sync(sync: str) -> str:
+def resolve_sync(sync: str, group: object | None = None) -> str:
     """Validate ``sync`` and resolve "auto" to "verify" (multi-rank) or "none"."""
     if sync not in SYNC_MODES:
         raise ValueError(f"DynSpController: argument 'sync' must be one of {SYNC_MODES}, got {sync!r}")
     if sync == "auto":
-        return "verify" if world_size() > 1 else "none"
+        return "verify" if world_size(group) > 1 else "none"
     return sync
 
 
@@ -60,14 +62,15 @@ def _collective_device() -> torch.device:
         else torch.device("cpu")
 
 
-def verify_across_ranks(patterns: dict[str, Tensor]) -> None:
-    """All-gather per-layer checksums; RuntimeError naming the layers where ranks differ."""
-    if world_size() == 1:
+def verify_across_ranks(patterns: dict[str, Tensor], group: object | None = None) -> None:
+    """All-gather per-layer checksums over `group` (None: all ranks); RuntimeError naming
+    the layers where ranks differ."""
+    if world_size(group) == 1:
         return
     dev = _collective_device()
     local = torch.stack([pattern_checksum(lin) for lin in patterns.values()]).to(dev)
-    gathered = [torch.empty_like(local) for _ in range(world_size())]
-    dist.all_gather(gathered, local)
+    gathered = [torch.empty_like(local) for _ in range(world_size(group))]
+    dist.all_gather(gathered, local, group=group)
     bad = [name for i, name in enumerate(patterns)
            if any(not torch.equal(g[i], gathered[0][i]) for g in gathered)]
     if bad:
@@ -75,24 +78,27 @@ def verify_across_ranks(patterns: dict[str, Tensor]) -> None:
                            f"{len(bad)} layer(s): {bad[:5]} (same seed and identical values expected)")
 
 
-def broadcast_updates(updates: dict[str, "PatternUpdate"]) -> None:
-    """Overwrite every rank's updates with rank 0's, in place (shapes agree: nnz and k are global)."""
-    if world_size() == 1:
+def broadcast_updates(updates: dict[str, "PatternUpdate"], group: object | None = None) -> None:
+    """Overwrite every rank's updates with those of the first rank of `group` (None: rank 0),
+    in place (shapes agree: nnz and k are global)."""
+    if world_size(group) == 1:
         return
     dev = _collective_device()
+    src = 0 if group is None else dist.get_global_rank(group, 0)
     for upd in updates.values():
         for field in ("lin", "source", "pruned", "grown"):
             t = getattr(upd, field)
             buf = t.to(dev).contiguous()
-            dist.broadcast(buf, src=0)
+            dist.broadcast(buf, src=src, group=group)
             setattr(upd, field, buf.to(t.device))
 
 
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Sum ``tensor`` over ranks (the dense gradient chunk of RigL regrowth); identity on 1 rank."""
-    if world_size() == 1:
+def all_reduce_sum(tensor: Tensor, group: object | None = None) -> Tensor:
+    """Sum ``tensor`` over the ranks of `group` (None: all; the dense gradient chunk of
+    RigL regrowth); identity on 1 rank."""
+    if world_size(group) == 1:
         return tensor
     dev = tensor.device
     buf = tensor.to(_collective_device())
-    dist.all_reduce(buf)
+    dist.all_reduce(buf, group=group)
     return buf.to(dev)

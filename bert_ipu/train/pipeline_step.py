@@ -1,0 +1,234 @@
+"""The step of a pipelined CPU/CUDA run: torch.distributed.pipelining stages x data
+parallelism (training.layers_per_stage / layers_per_ipu, training.pipeline_schedule).
+
+Every rank builds the full model from the same seed (identical initial weights and
+patterns) and trains only its stage (bert_ipu/model/stages.py), with its own AdamW and
+DynSp controller. Per step t:
+
+1. the `gradient_accumulation` micro-batches of this replica go through the schedule
+   (GPipe or 1F1B); the last stage's loss is the single-process arithmetic
+   (`loss / accumulation`, loss-scaled), so the gradients are the same sums;
+2. gradients are averaged over the stage's data-parallel replicas, and the tied word
+   embedding's two halves (stage 0's lookup, the last stage's decoder) are summed;
+3. the global gradient norm is the single-process one: per-parameter norms of every
+   stage, in the single-process parameter order, then clip, AdamW, DynSp (the
+   controller draws the random numbers of its layers' global indices and verifies its
+   patterns over the stage's replicas); the update metrics are combined over stages.
+
+The non-owned parts of each rank's model are stale until `sync_to_host()` broadcasts
+every stage's weights (evaluation, checkpoints).
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.utils._pytree import tree_map
+
+from bert_ipu.devices import distributed as D
+from bert_ipu.devices.pipeline import (
+    broadcast_owned, make_groups, pipeline_layout,
+)
+from bert_ipu.model.bert import ENCODER_LINEARS, pretraining_output
+from bert_ipu.model.stages import BertStage, stage_module_names
+from bert_ipu.train.optim import build_optimizer, parameter_groups
+from bert_ipu.train.precision import autocast
+from bert_ipu.train.step import StepResult, TorchStepRunner, flush_losses
+
+if TYPE_CHECKING:
+    from bert_ipu.config import Config
+    from bert_ipu.devices import Device
+    from bert_ipu.train.loop import Run
+
+SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+STAGE0_INPUTS = ("input_ids", "attention_mask", "masked_lm_positions", "token_type_ids")
+
+
+class PipelineStepRunner(TorchStepRunner):
+    """One pipeline stage of one data-parallel replica (see the module docstring)."""
+
+    def __init__(self, device: "Device", core: nn.Module, groups: list[dict[str, Any]],
+                 cfg: "Config", info: D.DistInfo, log: Callable[[str], None]) -> None:
+        t = cfg.training
+        self.device, self.dist, self.cfg = device, info, cfg
+        self.layout = pipeline_layout(cfg, info.rank, info.world_size)
+        lay = self.layout
+        self.groups = make_groups(lay, device.torch_device.type)
+        self.replicas = info.world_size // lay.stages
+        self.stage_module = BertStage(core, lay.first_layer, lay.layers_per_stage[lay.stage],
+                                      lay.is_first, lay.is_last)
+        self.optimizer = build_optimizer(parameter_groups(self.stage_module, t.weight_decay),
+                                         t.learning_rate, betas=tuple(t.adam_betas), eps=t.adam_eps)
+        self.controller_optimizer = self.optimizer
+        self.precision = device.resolve_precision(t.precision)
+        self.model, self.core = core, core
+        named = stage_module_names(core, self.stage_module)
+        self.trained = {n: m for n, m in named.items() if n.endswith(ENCODER_LINEARS)
+                        and hasattr(m, "values")}
+        self.dynsp_options = {"group": self.groups.dp, "combine_fn": self.combine_metrics,
+                              "layer_offset": len(ENCODER_LINEARS) * lay.first_layer}
+        self._global_order = [p for g in groups for p in g["params"]]
+        self._tied = core.bert.embeddings.word_embeddings.weight
+        stage = PipelineStage(self.stage_module, lay.stage, lay.stages, device.torch_device,
+                              group=self.groups.pp)
+        self.schedule = SCHEDULES[t.pipeline_schedule](
+            stage, n_microbatches=t.gradient_accumulation, loss_fn=self._loss, scale_grads=False)
+        self._run: Any = None
+        self._losses: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ the step
+    def step(self, run: "Run", t: int) -> StepResult:
+        """All micro-batches of step t through the schedule, then the update. A stop
+        request is honoured between steps only (the schedule is one collective call)."""
+        c = run.c
+        if c.controller is not None:
+            c.controller.before_step(t)
+        accumulation = self.cfg.training.gradient_accumulation
+        batches = [next(run.batches) for _ in range(accumulation)]
+        run.timer.add(self.cfg.training.micro_batch_size * accumulation * self.replicas)
+        self.run_schedule(run, t, batches)
+        self.reduce_gradients()
+        self.share_losses(run)
+        run.state.micro_step = accumulation
+        return self.optimizer_update(run, t)
+
+    def run_schedule(self, run: "Run", t: int, batches: list[dict[str, torch.Tensor]]) -> None:
+        """Concatenate the micro-batches (the schedule splits them back, in order) and
+        run forward/backward of every micro-batch on this stage."""
+        dev = self.device.torch_device
+        self._batch = {k: torch.cat([b[k] for b in batches]).to(dev) for k in batches[0]}
+        self._run, self._t, self._losses = run, t, []
+        lay = self.layout
+        args = tuple(self._batch[k] for k in STAGE0_INPUTS) if lay.is_first else ()
+        rows = torch.arange(len(self._batch["input_ids"]), device=dev)
+        with autocast(self.precision, dev):
+            self.schedule.step(*args, target=rows if lay.is_last else None)
+
+    def _loss(self, output: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """The last stage's loss of one micro-batch (`rows` of the concatenated batch):
+        the single-process arithmetic, scaled for backward."""
+        b, run = self._batch, self._run
+        out = pretraining_output(output[0], output[1], b["masked_lm_ids"][rows],
+                                 b["masked_lm_weights"][rows], b["next_sentence_label"][rows])
+        loss = out.loss
+        if run.hooks.loss_multiplier is not None:
+            loss = loss * run.hooks.loss_multiplier(self._t)
+        self._losses.append(torch.stack([v.detach().float()
+                                         for v in (loss, out.mlm_loss, out.nsp_loss)]))
+        return run.c.scaler.scale_loss(loss / self.cfg.training.gradient_accumulation)
+
+    def reduce_gradients(self) -> None:
+        """Average over the stage's replicas; sum the tied embedding's two halves."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for p in params:
+            if p.grad is None:  # every replica must send the same buffers
+                p.grad = torch.zeros_like(p)
+        if self.replicas > 1:
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat, group=self.groups.dp)
+            flat.div_(self.replicas)
+            offset = 0
+            for p in params:
+                n = p.grad.numel()
+                p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+                offset += n
+        if self.layout.is_first or self.layout.is_last:
+            dist.all_reduce(self._tied.grad, group=self.groups.tie)
+
+    def share_losses(self, run: "Run") -> None:
+        """The last stage's micro-batch losses reach every stage of the replica (the
+        loop averages them over replicas)."""
+        lay = self.layout
+        accumulation = self.cfg.training.gradient_accumulation
+        # The schedule's first call also runs a shape-inference pass through the loss:
+        # the step's micro-batches are the last `accumulation` records.
+        losses = torch.stack(self._losses[-accumulation:]) if lay.is_last else \
+            torch.zeros(accumulation, 3)
+        losses = losses.to(self.device.torch_device)
+        dist.broadcast(losses, src=lay.rank_of(lay.stages - 1, lay.replica), group=self.groups.stages)
+        run.pending_losses.extend(losses.unbind(0))
+        flush_losses(run)
+
+    # ------------------------------------------------------------------ across stages
+    def clip(self, params: list[nn.Parameter], max_norm: float) -> float:
+        """Clip to the single-process global norm: the norm of every parameter's
+        gradient norm in the single-process order (the tied weight counted once)."""
+        owned = {id(p) for p in params}
+        if self.layout.is_last and not self.layout.is_first:
+            owned.discard(id(self._tied))  # stage 0 counts it
+        norms = torch.zeros(len(self._global_order), device=self.device.torch_device)
+        for i, p in enumerate(self._global_order):
+            if id(p) in owned and p.grad is not None:
+                norms[i] = torch.linalg.vector_norm(p.grad.detach().float())
+        dist.all_reduce(norms, group=self.groups.stages)  # one owner per entry: exact sums
+        total = torch.linalg.vector_norm(norms)
+        if max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=False)
+        return float(total)
+
+    def combine_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """A stage's DynSp metrics -> the whole model's (collective over the pipeline)."""
+        parts: list[Any] = [None] * self.layout.stages
+        dist.all_gather_object(parts, metrics, group=self.groups.stages)
+        return merge_stage_metrics(parts)
+
+    # ------------------------------------------------------------------ host copy, checkpoints
+    def sync_to_host(self) -> None:
+        """Every rank's full model gets every stage's trained weights and patterns."""
+        broadcast_owned(self.core.state_dict(), self.layout)
+
+    def eval_model(self, core: nn.Module) -> tuple[nn.Module, str]:
+        self.sync_to_host()
+        return core, self.precision
+
+    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]:
+        """`stage-S.pt` (optimizer + controller state of stage S, from replica 0) for
+        every stage and `pipeline.json` (the split); rank 0 writes them. Collective."""
+        mine = {"optimizer": self.optimizer.state_dict(),
+                "controller": None if controller is None else controller.state_dict()}
+        mine = tree_map(lambda x: x.cpu() if isinstance(x, torch.Tensor) else x, mine)
+        parts: list[Any] | None = [None] * self.dist.world_size if self.dist.is_main else None
+        dist.gather_object(mine, parts, dst=0)
+        if not self.dist.is_main:
+            return {}
+        lay = self.layout
+        files: dict[str, Any] = {f"stage-{s}.pt": parts[lay.rank_of(s, 0)] for s in range(lay.stages)}
+        files["pipeline.json"] = json.dumps({"layers_per_stage": list(lay.layers_per_stage),
+                                             "replicas": self.replicas})
+        return files
+
+    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]:
+        """This stage's optimizer and controller state in place of the common files;
+        ValueError when the checkpoint has another split (or none)."""
+        lay = self.layout
+        if "pipeline.json" not in loaded:
+            raise ValueError("it was written by an unpipelined run; this run has "
+                             f"training.layers_per_stage={list(lay.layers_per_stage)}")
+        saved = json.loads(loaded["pipeline.json"])["layers_per_stage"]
+        if saved != list(lay.layers_per_stage):
+            raise ValueError(f"it was written with training.layers_per_stage={saved}, this run "
+                             f"has {list(lay.layers_per_stage)}; resume with the same split")
+        stage = loaded[f"stage-{lay.stage}.pt"]
+        controller = dict(loaded["controller.pt"], controller=stage["controller"])
+        return {**loaded, "optimizer.pt": stage["optimizer"], "controller.pt": controller}
+
+
+def merge_stage_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-stage DynSp metrics (stage order) -> one record: per-layer keys joined, the
+    pooled keys recomputed over all layers as the single-process controller does."""
+    out = {k: v for k, v in parts[0].items() if "/" not in k}
+    for part in parts:
+        out.update({k: v for k, v in part.items() if "/" in k})
+    dofs = [v for k, v in out.items() if k.startswith("dof/")]
+    out["dof_mean"] = sum(dofs) / len(dofs)
+    if "update_time_s" in out:
+        out["update_time_s"] = max(p["update_time_s"] for p in parts)
+        pruned = [(k.split("/", 1)[1], v) for k, v in out.items() if k.startswith("pruned_blocks/")]
+        removed = sum(round(out[f"removed_new_fraction/{n}"] * p) for n, p in pruned)
+        total = sum(p for _, p in pruned)
+        out["removed_new_fraction"] = removed / total if total else 0.0
+    return out

@@ -1,0 +1,236 @@
+"""Pipelined BERT on CPU (torch.distributed.pipelining over gloo): the stage split, the
+stage module, per-stage DynSp, bad input, and real torchrun runs that must equal the
+single-process (or data-parallel) run of the same config."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bert_ipu.devices.pipeline import LayoutError, layout_for, owner_stage
+from bert_ipu.model import build_model
+from bert_ipu.model.stages import BertStage, stage_module_names
+from bert_ipu.pretrain import main
+from bert_ipu.train import checkpoint as ck
+from bert_ipu.train.pipeline_step import merge_stage_metrics
+from sparse_ops.dynsp.controller import DynSpController
+from tests.bert_ipu.test_bad_input import error_line
+from tests.bert_ipu.test_model import SPARSE, batch, small_cfg
+from tests.bert_ipu.tiny_run import (  # noqa: F401
+    load_metrics, one_thread, strip_timing, tiny_data, tiny_overrides,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+KEY = "training.layers_per_stage"
+
+
+# ---------------------------------------------------------------- the split
+def test_layout_places_stages_and_replicas_on_a_2d_mesh():
+    lay = layout_for((1, 3), KEY, rank=3, world_size=4)  # rank = replica * P + stage
+    assert (lay.stage, lay.replica, lay.first_layer) == (1, 1, 1)
+    assert lay.is_last and not lay.is_first and lay.rank_of(0, 1) == 2
+    assert list(lay.layer_range(1)) == [1, 2, 3]
+    assert layout_for(None, KEY, 0, 4) is None and layout_for((4,), KEY, 0, 4) is None
+
+
+@pytest.mark.parametrize("layers, world, expected", [
+    ((1, 1), 1, "at most WORLD_SIZE=1 stages"),
+    ((1, 1, 1), 4, "a stage count dividing WORLD_SIZE=4"),
+    ((2, 0), 2, "at least one encoder layer per stage"),
+])
+def test_layout_refuses_splits_that_do_not_fit(layers, world, expected):
+    with pytest.raises(LayoutError, match=f"^{KEY}: expected {expected}"):
+        layout_for(layers, KEY, 0, world)
+
+
+def test_owner_stage_embeddings_first_heads_last():
+    lay = layout_for((1, 1), KEY, 0, 2)
+    assert owner_stage("bert.embeddings.word_embeddings.weight", lay) == 0
+    assert owner_stage("bert.encoder.layer.0.output.dense.bias", lay) == 0
+    assert owner_stage("bert.encoder.layer.1.attention.self.query.values", lay) == 1
+    assert owner_stage("cls.predictions.decoder.weight", lay) == 1
+    assert owner_stage("bert.pooler.dense.weight", lay) == 1
+
+
+def test_config_alias_and_schedule_keys():
+    cfg = small_cfg("training.layers_per_stage=[1,1]", "training.pipeline_schedule=1f1b")
+    assert cfg.training.pipeline_layers == (1, 1)
+    assert small_cfg("training.layers_per_ipu=[2]").training.pipeline_layers == (2,)
+    with pytest.raises(Exception, match="training.layers_per_stage: expected null or equal"):
+        small_cfg("training.layers_per_ipu=[2]", "training.layers_per_stage=[1,1]")
+    with pytest.raises(Exception, match="training.layers_per_stage: expected entries summing"):
+        small_cfg("training.layers_per_stage=[1,2]")
+    with pytest.raises(Exception, match="training.pipeline_schedule: expected one of"):
+        small_cfg("training.pipeline_schedule=zero_bubble")
+
+
+# ---------------------------------------------------------------- the stage module
+def test_stages_in_sequence_equal_the_whole_model():
+    cfg = small_cfg(*SPARSE)
+    model = build_model(cfg.model, cfg.sparsity, seed=3).eval()
+    b = batch()
+    first = BertStage(model, 0, 1, first_stage=True, last_stage=False)
+    last = BertStage(model, 1, 1, first_stage=False, last_stage=True)
+    with torch.no_grad():
+        mid = first(b["input_ids"], b["attention_mask"], b["masked_lm_positions"],
+                    b["token_type_ids"])
+        mlm, nsp = last(*mid)
+        want = model(**{k: b[k] for k in ("input_ids", "masked_lm_positions", "token_type_ids",
+                                          "attention_mask")})
+    torch.testing.assert_close(mlm, want.mlm_logits, rtol=0, atol=0)
+    torch.testing.assert_close(nsp, want.nsp_logits, rtol=0, atol=0)
+    names = stage_module_names(model, last)
+    assert "bert.encoder.layer.1.attention.self.query" in names
+    assert not any(n.startswith("bert.encoder.layer.0") for n in names)
+    # the tied decoder weight is the word embedding on both ends
+    assert last.cls.predictions.decoder.weight is first.embeddings.word_embeddings.weight
+
+
+def test_stage_controllers_with_layer_offsets_draw_the_whole_models_patterns():
+    """Two controllers over halves of the layers (offset = global index) make the same
+    patterns and the same combined metrics as one controller over all of them."""
+    cfg = small_cfg(*SPARSE)
+
+    def run(split: bool) -> tuple[dict, dict]:
+        model = build_model(cfg.model, cfg.sparsity, seed=3)
+        layers = {n: m for n, m in model.named_modules() if hasattr(m, "values")}
+        names = list(layers)
+        parts = [names[:6], names[6:]] if split else [names]
+        ctrls = [DynSpController({n: layers[n] for n in p}, None, 10, n_updates=2, seed=5,
+                                 prune_ratio=0.5, layer_offset=names.index(p[0])) for p in parts]
+        for m in layers.values():
+            torch.nn.init.normal_(m.values, generator=torch.Generator().manual_seed(1))
+        metrics = merge_stage_metrics([c.step(c.schedule.steps[0]) for c in ctrls])
+        return {n: m.rows.clone() for n, m in layers.items()}, metrics
+
+    (whole, m_whole), (halves, m_halves) = run(False), run(True)
+    assert all(torch.equal(whole[n], halves[n]) for n in whole)
+    skip = ("update_time_s",)
+    assert {k: v for k, v in m_whole.items() if k not in skip} == \
+        {k: v for k, v in m_halves.items() if k not in skip}
+
+
+# ---------------------------------------------------------------- bad input via the CLI
+@pytest.mark.usefixtures("one_thread")
+def test_more_stages_than_processes_fails_before_data_preparation(tiny_data, tmp_path, capsys):
+    corpus, _ = tiny_data
+    cache = tmp_path / "fresh-cache"
+    argv = tiny_overrides(corpus, tmp_path / "out", cache, **{KEY: [1, 1]})
+    assert main(argv) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: {KEY}: expected at most WORLD_SIZE=1 stages"), line
+    assert not cache.exists()  # refused before any data preparation
+
+
+# ---------------------------------------------------------------- torchrun (gloo)
+def launch(tmp_path: Path, tiny_data, name: str, nproc: int, *extra: str, check: bool = True,
+           **settings) -> subprocess.CompletedProcess:
+    """Train the tiny config (no dropout, 2 accumulated micro-batches, 2 pattern
+    updates in 6 steps) on `nproc` torchrun ranks (1: a plain process)."""
+    import yaml
+
+    from bert_ipu.schema import apply_overrides
+
+    corpus, cache = tiny_data
+    values = {"training.training_steps": 6, "checkpoint.checkpoint_steps": 3,
+              "model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0,
+              "sparsity.n_updates": 2, "training.gradient_accumulation": 2,
+              "logging.eval_steps": 3, **settings}
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(apply_overrides(
+        {}, tiny_overrides(corpus, tmp_path / name, cache, **values))))
+    runner = [sys.executable] + ([] if nproc == 1 else [
+        "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
+    proc = subprocess.run([*runner, "-m", "bert_ipu.pretrain", "--config", str(config), *extra],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def final_model(out: Path) -> dict[str, torch.Tensor]:
+    return ck.load_checkpoint(ck.find_latest(out / "checkpoints"))["model.pt"]
+
+
+def assert_same_run(want: Path, got: Path) -> None:
+    """Metrics to fp32 round-off, patterns bit for bit, weights to round-off."""
+    a, b = strip_timing(load_metrics(want)), strip_timing(load_metrics(got))
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            if k.endswith("update_time_s"):
+                continue
+            torch.testing.assert_close(rb[k], ra[k], rtol=1e-6, atol=1e-6, msg=k)
+    wa, wb = final_model(want), final_model(got)
+    for k in wa:
+        if k.endswith((".rows", ".cols")):
+            assert torch.equal(wa[k], wb[k]), k
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule, regrow", [("gpipe", "random"), ("1f1b", "gradient")])
+def test_two_stages_equal_the_single_process_run(tiny_data, tmp_path, schedule, regrow):
+    """2 stages x 1 replica == 1 process, over 6 steps with 2 pattern updates (random
+    regrowth, or RigL's gradient regrowth from X/dY captured on each stage); the
+    pipeline's checkpoint resumes exactly and refuses an unpipelined resume."""
+    launch(tmp_path, tiny_data, "single", 1, **{"sparsity.regrow": regrow})
+    launch(tmp_path, tiny_data, "pipe", 2, **{KEY: [1, 1], "training.pipeline_schedule": schedule,
+                                              "sparsity.regrow": regrow})
+    assert_same_run(tmp_path / "single", tmp_path / "pipe")
+    last = sorted((tmp_path / "pipe" / "checkpoints").glob("step_*"))[-1]
+    files = json.loads((last / "manifest.json").read_text())["files"]
+    assert {"stage-0.pt", "stage-1.pt", "pipeline.json", "model.pt"} <= set(files)
+    if schedule == "1f1b":
+        return  # the resume path does not depend on the schedule
+    refused = launch(tmp_path, tiny_data, "pipe", 1, "checkpoint.resume_training_from_checkpoint=latest",
+                     check=False)
+    assert refused.returncode == 2 and "written by a pipelined run" in refused.stderr
+    launch(tmp_path, tiny_data, "resumed", 2, **{KEY: [1, 1]})
+    import shutil
+
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_00000006")
+    launch(tmp_path, tiny_data, "resumed", 2, "checkpoint.resume_training_from_checkpoint=latest",
+           **{KEY: [1, 1]})
+    assert strip_timing(load_metrics(tmp_path / "resumed")) == \
+        strip_timing(load_metrics(tmp_path / "pipe"))
+    want, got = final_model(tmp_path / "pipe"), final_model(tmp_path / "resumed")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.slow
+def test_two_stages_by_two_replicas_equal_data_parallel(tiny_data, tmp_path):
+    """4 ranks as 2 stages x 2 replicas == 2 data-parallel ranks (the replicas' patterns
+    are verified identical by the controllers at every update)."""
+    launch(tmp_path, tiny_data, "ddp", 2)
+    launch(tmp_path, tiny_data, "pp2x2", 4, **{KEY: [1, 1]})
+    assert_same_run(tmp_path / "ddp", tmp_path / "pp2x2")
+    assert len([r for r in load_metrics(tmp_path / "pp2x2") if "update_index" in r]) == 2
+
+
+def test_resume_with_another_split_is_refused_naming_the_key():
+    from types import SimpleNamespace
+
+    from bert_ipu.train.pipeline_step import PipelineStepRunner
+    from bert_ipu.train.step import unpipelined_view
+
+    saved = {"pipeline.json": json.dumps({"layers_per_stage": [2, 2], "replicas": 1}),
+             "stage-1.pt": {"optimizer": "o1", "controller": "c1"},
+             "optimizer.pt": "o0", "controller.pt": {"controller": "c0", "frozen": None}}
+    runner = SimpleNamespace(layout=layout_for((1, 3), KEY, 1, 2))
+    with pytest.raises(ValueError, match=r"training.layers_per_stage=\[2, 2\], this run has \[1, 3\]"):
+        PipelineStepRunner.checkpoint_view(runner, saved)
+    runner = SimpleNamespace(layout=layout_for((2, 2), KEY, 1, 2))
+    view = PipelineStepRunner.checkpoint_view(runner, saved)
+    assert view["optimizer.pt"] == "o1" and view["controller.pt"]["controller"] == "c1"
+    with pytest.raises(ValueError, match="written by an unpipelined run"):
+        PipelineStepRunner.checkpoint_view(runner, {"optimizer.pt": "o0"})
+    with pytest.raises(ValueError, match="written by a pipelined run"):
+        unpipelined_view(saved)
