@@ -16,7 +16,7 @@ import logging
 import os
 import shlex
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
@@ -37,11 +37,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resume_command(config: str | None, overrides: list[str]) -> str:
-    """This command again, with `resume_training_from_checkpoint=latest` appended."""
+def launcher(env: Mapping[str, str] | None = None) -> list[str]:
+    """How this process was started, as argv: this interpreter (a venv's python, not
+    whatever `python` is on PATH), under torchrun with its world size when it is a rank
+    of one (a checkpoint refuses another world size)."""
+    env = os.environ if env is None else env
+    python = sys.executable or "python"
+    if "TORCHELASTIC_RUN_ID" not in env and int(env.get("WORLD_SIZE", "1")) <= 1:
+        return [python, "-m", "bert_ipu.pretrain"]
+    world = int(env.get("WORLD_SIZE", "1"))
+    local = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    argv = [python, "-m", "torch.distributed.run", f"--nproc_per_node={local}"]
+    if world > local:  # several nodes: this node's part of the rendezvous
+        argv += [f"--nnodes={world // local}", f"--node_rank={int(env.get('GROUP_RANK', 0))}",
+                 f"--master_addr={env.get('MASTER_ADDR', 'localhost')}",
+                 f"--master_port={env.get('MASTER_PORT', '29500')}"]
+    return argv + ["-m", "bert_ipu.pretrain"]
+
+
+def resume_command(config: str | None, overrides: list[str],
+                   env: Mapping[str, str] | None = None) -> str:
+    """This command again (same interpreter and launcher, see `launcher`), with
+    `resume_training_from_checkpoint=latest` appended."""
     kept = [o for o in overrides
             if not o.startswith("checkpoint.resume_training_from_checkpoint=")]
-    argv = ["python", "-m", "bert_ipu.pretrain"] + (["--config", config] if config else [])
+    argv = launcher(env) + (["--config", config] if config else [])
     return shlex.join(argv + kept + ["checkpoint.resume_training_from_checkpoint=latest"])
 
 
@@ -50,10 +70,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bert_ipu.config import ConfigError
     from bert_ipu.data import DataError
     from bert_ipu.devices import DeviceError
+    from bert_ipu.train.runlock import OutputInUseError
 
     # OSError: the file system refused something (full disk, permissions) outside a
     # checkpoint write; the message names the path.
-    return (ConfigError, DataError, DeviceError, CheckpointError, OSError), (NonFiniteWeightsError,)
+    return (ConfigError, DataError, DeviceError, CheckpointError, OutputInUseError,
+            OSError), (NonFiniteWeightsError,)
 
 
 def _error(message: str) -> None:

@@ -75,6 +75,11 @@ def build_loaders(cfg: Config, info: D.DistInfo, log: Log
             f"model.vocab_size: expected >= the tokenizer's {tok.vocab_size} tokens "
             f"({tok.vocab_file}), got {cfg.model.vocab_size}", "model.vocab_size")
     t = cfg.training
+    if len(train_ds) < t.micro_batch_size * info.world_size:
+        raise ConfigError(
+            f"training.micro_batch_size: expected at most the {len(train_ds)} training "
+            f"examples of the prepared data (over {info.world_size} rank(s)), got "
+            f"{t.micro_batch_size}; lower it or use a larger corpus", "training.micro_batch_size")
     train = PretrainingLoader(train_ds, t.micro_batch_size, seed=cfg.data.seed_value, rank=info.rank,
                               world_size=info.world_size, num_workers=cfg.data.num_workers)
     return train, eval_ds
@@ -144,6 +149,8 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
         raise ConfigError("training.training_steps: expected a step count when the run is "
                           "built without data (nothing to count epochs over), got None",
                           "training.training_steps")
+    if t.num_threads is not None:
+        torch.set_num_threads(t.num_threads)
     info = D.from_environment()
     device = resolve_device(t.device, info.local_rank)
     D.init(info, device.distributed_backend)

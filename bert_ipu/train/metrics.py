@@ -11,8 +11,9 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,32 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class OutputWriteError(OSError):
+    """A run output could not be written; the message names the file (a bare
+    `[Errno 28] No space left on device` does not say where)."""
+
+    def __str__(self) -> str:
+        return f"could not write {self.filename}: {self.strerror}"
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Re-raise an OSError of the block as OutputWriteError naming `path`."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write a JSON file atomically (temporary file + rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with naming(path):
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -83,16 +104,18 @@ class MetricsWriter:
             return
         kept = [r for r in read_jsonl(self.path) if int(r.get("step", 0)) <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        with naming(self.path):
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
 
     def log(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        if self._handle is None:
-            self._handle = open(self.path, "a", encoding="utf-8")
-        self._handle.write(json.dumps(_jsonable(record)) + "\n")
-        self._handle.flush()
+        with naming(self.path):
+            if self._handle is None:
+                self._handle = open(self.path, "a", encoding="utf-8")
+            self._handle.write(json.dumps(_jsonable(record)) + "\n")
+            self._handle.flush()
         if self._tb is not None:
             step = int(record["step"])
             for key, value in record.items():
@@ -101,8 +124,11 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError:  # the write that failed was already reported by log()
+                pass
         if self._tb is not None:
             self._tb.close()
             self._tb = None
