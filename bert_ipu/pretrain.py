@@ -47,7 +47,10 @@ def launcher(env: Mapping[str, str] | None = None) -> list[str]:
         return [python, "-m", "bert_ipu.pretrain"]
     world = int(env.get("WORLD_SIZE", "1"))
     local = int(env.get("LOCAL_WORLD_SIZE", str(world)))
-    argv = [python, "-m", "torch.distributed.run", f"--nproc_per_node={local}"]
+    module = env.get("BERT_IPU_LAUNCHER", "torch.distributed.run")  # bert_ipu.launch sets it
+    argv = [python, "-m", module, f"--nproc_per_node={local}"]
+    if world == local:
+        argv.append("--standalone")
     if world > local:  # several nodes: this node's part of the rendezvous
         argv += [f"--nnodes={world // local}", f"--node_rank={int(env.get('GROUP_RANK', 0))}",
                  f"--master_addr={env.get('MASTER_ADDR', 'localhost')}",
@@ -97,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(cfg, resume_command=resume_command(args.config, list(args.overrides)),
               log=lambda s: print(s, file=sys.stderr))
     except TrainingInterrupted as stop:
-        print(str(stop), file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # one message per job, not per rank
+            print(str(stop), file=sys.stderr)
         return stop.exit_code
     except (NonFiniteLossError,) + diverged as exc:
         _error(str(exc))

@@ -120,7 +120,8 @@ def test_resume_command_uses_this_interpreter():
 def test_resume_command_under_torchrun_keeps_the_launcher_and_world_size():
     env = {"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
     argv = shlex.split(resume_command("c.yaml", [], env=env))
-    assert argv[:6] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+    assert argv[:7] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        "--standalone",
                         "-m", "bert_ipu.pretrain"]
     env = {"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
            "GROUP_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "1234"}
