@@ -4,10 +4,11 @@ Exit codes:
     0    finished
     1    unexpected internal error (with a traceback: please report it)
     2    bad input: config, data, checkpoint, device, output folder (one line, no traceback)
-    3    training diverged: non-finite loss past training.max_nonfinite_steps, or
-         non-finite weights that were refused for a checkpoint
+    3    training diverged: non-finite loss past training.max_nonfinite_steps, fp16
+         steps skipped past training.max_skipped_steps, or non-finite weights that
+         were refused for a checkpoint
     130  stopped by SIGINT (Ctrl-C), 143 by SIGTERM: a checkpoint was saved and the
-         command to resume was printed
+         command to resume was printed (during set-up: stopped at once, nothing saved)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import logging
 import os
 import shlex
 import sys
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
@@ -34,7 +35,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides (dotted keys, YAML values)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--print-config", action="store_true",
+                      help="print the resolved config, each value with its source, and exit")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="check everything and build the run (data prepared or reused, "
+                           "model, optimizer), take no step, write no run outputs")
+    mode.add_argument("--prepare-only", action="store_true",
+                      help="prepare the data cache only (e.g. once on a disk that cluster "
+                           "nodes share) and exit")
     return parser.parse_args(argv)
+
+
+def run_mode(args: argparse.Namespace, cfg: Any) -> None:
+    """The selected mode: print the config, dry run, prepare only, or train."""
+    say = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    if args.print_config:
+        from bert_ipu.config.provenance import config_sources
+
+        print(config_sources(cfg, args.config, list(args.overrides)))
+    elif args.dry_run or args.prepare_only:
+        from bert_ipu.train.modes import dry_run, prepare_only
+
+        facts = dry_run(cfg, say) if args.dry_run else prepare_only(cfg, say)
+        print(("dry run: " if args.dry_run else "prepared: ")
+              + ", ".join(f"{k}={v}" for k, v in facts.items()))
+    else:
+        from bert_ipu.train.loop import train
+
+        train(cfg, resume_command=resume_command(args.config, list(args.overrides)), log=say)
 
 
 def launcher(env: Mapping[str, str] | None = None) -> list[str]:
@@ -92,13 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stream=sys.stderr)
     from bert_ipu.config import load_config
     from bert_ipu.train.signals import TrainingInterrupted
-    from bert_ipu.train.loop import NonFiniteLossError, train
+    from bert_ipu.train.loop import NonFiniteLossError
 
     user, diverged = _user_errors()
     try:
-        cfg = load_config(args.config, list(args.overrides))
-        train(cfg, resume_command=resume_command(args.config, list(args.overrides)),
-              log=lambda s: print(s, file=sys.stderr))
+        run_mode(args, load_config(args.config, list(args.overrides)))
     except TrainingInterrupted as stop:
         if int(os.environ.get("RANK", "0")) == 0:  # one message per job, not per rank
             print(str(stop), file=sys.stderr)

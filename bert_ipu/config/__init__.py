@@ -12,7 +12,8 @@ cross-section rules, so every `Config` that exists is valid. YAML files may use
 
 Resolution (done once, written into the saved config): `model.size` fills the model
 shape fields left null (explicit fields win; FFN = 4H and head size 64 when not given);
-`model.vocab_size` defaults to `data.vocab_size`; `data.seed` and `sparsity.seed` default
+`model.vocab_size` defaults to the size of `data.vocab_file` when one is given, else to
+`data.vocab_size`; `data.seed` and `sparsity.seed` default
 to `training.seed`; `output_dir` defaults to `runs/<name>` and
 `checkpoint.checkpoint_output_dir` to `<output_dir>/checkpoints`.
 
@@ -36,7 +37,7 @@ from bert_ipu.schema import (
 from bert_ipu.config.sections import (
     CheckpointConfig, LoggingConfig, ModelConfig, SparsityConfig, TrainingConfig,
 )
-from bert_ipu.data.config import DataConfig
+from bert_ipu.data.config import DataConfig, vocab_file_size
 
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
@@ -81,8 +82,9 @@ class Config:
             object.__setattr__(self, "output_dir", f"runs/{self.name}")
         if self.checkpoint.checkpoint_output_dir is None:
             self._set("checkpoint", checkpoint_output_dir=f"{self.output_dir}/checkpoints")
-        if self.model.vocab_size is None:
-            self._set("model", vocab_size=self.data.vocab_size)
+        if self.model.vocab_size is None:  # the given vocabulary's size, else the trained one's
+            given = vocab_file_size(self.data.vocab_file)
+            self._set("model", vocab_size=self.data.vocab_size if given is None else given)
         for section in ("data", "sparsity"):
             if getattr(self, section).seed is None:
                 self._set(section, seed=self.training.seed)
@@ -96,7 +98,12 @@ class Config:
                       f"a divisor of model.{name}={size}", s.block_size)
         _need(d.sequence_length <= m.max_position_embeddings, "data.sequence_length",
               f"<= model.max_position_embeddings={m.max_position_embeddings}", d.sequence_length)
-        if d.vocab_file is None:
+        given = vocab_file_size(d.vocab_file)
+        if given is not None:  # checked here, before any data is prepared
+            _need(m.vocab_size >= given, "model.vocab_size",
+                  f">= the {given} tokens of data.vocab_file={d.vocab_file} (or null to use "
+                  "its size)", m.vocab_size)
+        elif d.vocab_file is None:
             _need(m.vocab_size >= d.vocab_size, "model.vocab_size",
                   f">= data.vocab_size={d.vocab_size} (the trained vocabulary)", m.vocab_size)
         _need(m.pad_token_id < m.vocab_size, "model.pad_token_id",

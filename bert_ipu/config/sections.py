@@ -49,7 +49,7 @@ class ModelConfig:
     intermediate_size: int | None = None
     """FFN width (null: 4H)."""
     vocab_size: int | None = None
-    """Embedding rows (null: data.vocab_size); must be >= the tokenizer's vocabulary."""
+    """Embedding rows (null: the size of data.vocab_file, else data.vocab_size); >= the vocabulary."""
     max_position_embeddings: int = 512
     """Position embedding rows; must be >= data.sequence_length."""
     type_vocab_size: int = 2

@@ -93,6 +93,23 @@ def total_training_steps(cfg: Config, loader: PretrainingLoader | None) -> int:
     return max(1, math.ceil(t.epochs * len(loader) / t.gradient_accumulation))
 
 
+def check_before_data(cfg: Config) -> None:
+    """What can be checked without the prepared data, checked before preparing it (a
+    preparation can take as long as a tokenisation of the corpus): the pattern updates
+    must fit in training.training_steps when that is given. (Vocabulary size against
+    data.vocab_file and the output folder are checked earlier, by the config and by
+    prepare_outputs.)"""
+    s, steps = cfg.sparsity, cfg.training.training_steps
+    if s.method == "dense" or steps is None:
+        return
+    from sparse_ops.dynsp.settings import SettingsError
+
+    try:
+        s.controller_settings().schedule(steps)
+    except SettingsError as exc:
+        raise ConfigError(str(exc), exc.path, exc.expected, exc.value) from None
+
+
 def build_controller(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                      total_steps: int) -> Any | None:
     """DynSpController for static/dynamic sparsity (static = 0 updates); None if dense.
@@ -155,6 +172,7 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
     device = resolve_device(t.device, info.local_rank)
     D.init(info, device.distributed_backend)
     seed_everything(t.seed)
+    check_before_data(cfg)
     train, held_out = build_loaders(cfg, info, log) if data else (None, None)
     total = total_training_steps(cfg, train)
     core = build_model(cfg.model, cfg.sparsity, seed=t.seed).to(device.torch_device)
