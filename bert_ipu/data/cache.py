@@ -34,7 +34,7 @@ import numpy as np
 from bert_ipu.data.config import DataError
 from bert_ipu.fsutil import fsync_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one-sentence chunks draw their NSP label (pretraining.py)
 META = "meta.json"
 Log = Callable[[str], None]
 
