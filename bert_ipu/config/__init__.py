@@ -42,7 +42,7 @@ from bert_ipu.data.config import DataConfig, vocab_file_size
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
     "CheckpointConfig", "LoggingConfig", "load_config", "config_from_dict", "config_to_dict",
-    "save_config",
+    "save_config", "applied_config_dict",
 ]
 
 
@@ -135,12 +135,26 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return to_dict(cfg)
 
 
+def applied_config_dict(cfg: Config) -> dict[str, Any]:
+    """`config_to_dict` as the run used it (what a run saves): a dense run has no pattern,
+    so its sparsity section is only `method` and `sparsity` (no block size, no update
+    count); a static run makes no pattern update (`n_updates: 0`)."""
+    out = config_to_dict(cfg)
+    method = cfg.sparsity.method
+    if method == "dense":
+        out["sparsity"] = {k: out["sparsity"][k] for k in ("method", "sparsity")}
+    elif method == "static":
+        out["sparsity"]["n_updates"] = 0
+    return out
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config as YAML; `load_config(path)` gives back an equal Config."""
+    """Write the resolved config as YAML, less the sparsity fields the method does not use
+    (`applied_config_dict`); `load_config(path)` gives back a Config that runs the same."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "# Resolved configuration (defaults < YAML < CLI); reload with load_config.\n"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + dump_yaml(config_to_dict(cfg)), encoding="utf-8")
+    tmp.write_text(header + dump_yaml(applied_config_dict(cfg)), encoding="utf-8")
     tmp.replace(path)
     return path

@@ -25,7 +25,7 @@ import torch
 from bert_ipu.train import checkpoint as ck
 from bert_ipu.devices import distributed as D
 from bert_ipu.train.build import Components
-from bert_ipu.config import Config, config_to_dict, save_config
+from bert_ipu.config import Config, applied_config_dict, save_config
 from bert_ipu.schema import dump_yaml
 from bert_ipu.train.metrics import Throughput, format_summary, write_json
 from bert_ipu.train.resume_check import first_line, structural_differences
@@ -112,7 +112,7 @@ def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
         "optimizer.pt": c.optimizer.state_dict(),
         "controller.pt": controller,
         "trainer.pt": trainer,
-        "config.yaml": dump_yaml(config_to_dict(c.cfg)),
+        "config.yaml": dump_yaml(applied_config_dict(c.cfg)),
     }
 
 

@@ -276,3 +276,16 @@ def test_initial_eval_is_the_untrained_model(tiny_data, tmp_path):
     step0 = [r for r in load_metrics(tmp_path / "run") if r["step"] == 0][0]
     assert summary["initial_eval"]["mlm_loss"] == step0["eval_mlm_loss"]
     assert summary["initial_eval"] != summary["final_eval"]
+
+
+def test_a_dense_run_saves_only_the_sparsity_fields_it_uses(tmp_path):
+    from bert_ipu.config import load_config, save_config
+
+    cfg = load_config(None, ["sparsity.method=dense", "sparsity.sparsity=0", "model.size=tiny"])
+    text = save_config(cfg, tmp_path / "config.yaml").read_text()
+    assert "block_size" not in text and "n_updates" not in text and "method: dense" in text
+    assert load_config(tmp_path / "config.yaml") == cfg
+    static = load_config(None, ["sparsity.method=static", "sparsity.sparsity=0.5",
+                                "model.size=tiny"])
+    text = save_config(static, tmp_path / "static.yaml").read_text()
+    assert "n_updates: 0" in text and "block_size: 16" in text
