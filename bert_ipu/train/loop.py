@@ -29,8 +29,8 @@ from bert_ipu.devices import distributed as D
 from bert_ipu.train import checkpoint as ck
 from bert_ipu.train import outputs as run_io
 from bert_ipu.train.build import Components, build_components
-from bert_ipu.train.evaluate import eval_batches, evaluate
-from bert_ipu.train.metrics import MetricsWriter, Progress, Throughput
+from bert_ipu.train.evaluate import EVAL_KEYS, eval_batches, evaluate
+from bert_ipu.train.metrics import MetricsWriter, Progress, Throughput, format_summary
 from bert_ipu.train.signals import StopRequest, TrainingInterrupted
 from bert_ipu.train.state import TrainState
 from bert_ipu.train.step import LOSS_KEYS, StepResult, poll_stop_hook
@@ -99,7 +99,7 @@ def _train_loop(c: Components, out: run_io.RunOutputs, stop: StopRequest,
                 after_step(run, stepped)
             if D.any_rank(run.stop.requested, c.dist, c.device.torch_device):
                 interrupt(run)
-        return finish(run)
+        summary = finish(run)
     finally:
         run.progress.close()
         run.metrics.close()
@@ -108,6 +108,9 @@ def _train_loop(c: Components, out: run_io.RunOutputs, stop: StopRequest,
         # Leave the process group before exit: gloo's threads still running at
         # interpreter teardown abort the process ("terminate called ...", SIGABRT).
         D.shutdown()
+    if c.dist.is_main:  # after the progress bar is closed, so it is not redrawn over
+        print(format_summary(summary), flush=True)
+    return summary
 
 
 def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: TrainerHooks,
@@ -200,7 +203,9 @@ def after_step(run: Run, record: dict[str, Any]) -> None:
     paused = time.perf_counter()
     at_end = state.step == c.total_steps
     if at_end or (lg.eval_steps and state.step % lg.eval_steps == 0):
-        record.update({f"eval_{k}": v for k, v in run_eval(run).items()})
+        result = run_eval(run)
+        record.update({f"eval_{k}": v for k, v in result.items()})
+        show_eval(run, result)
     every = c.cfg.checkpoint.checkpoint_steps
     if at_end or (every and state.step % every == 0):
         save(run)
@@ -248,6 +253,14 @@ def initial_eval(run: Run) -> None:
         result = run_eval(run)
         if result:
             run.metrics.log({"step": 0, **{f"eval_{k}": v for k, v in result.items()}})
+            show_eval(run, result)
+
+
+def show_eval(run: Run, result: dict[str, float]) -> None:
+    """An evaluation's result on screen, between progress-bar updates."""
+    if result:
+        run.progress.write(f"eval step {run.state.step}: " + " ".join(
+            f"{k} {result[k]:.4f}" for k in EVAL_KEYS if k in result))
 
 
 def save(run: Run) -> Path | None:

@@ -27,7 +27,7 @@ from bert_ipu.devices import distributed as D
 from bert_ipu.train.build import Components
 from bert_ipu.config import Config, applied_config_dict, save_config
 from bert_ipu.schema import dump_yaml
-from bert_ipu.train.metrics import Throughput, format_summary, write_json
+from bert_ipu.train.metrics import Throughput, write_json
 from bert_ipu.train.resume_check import first_line, structural_differences
 from bert_ipu.train.runlock import RunLock
 from bert_ipu.train.state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
@@ -229,4 +229,3 @@ def summary(c: Components, state: TrainState, timer: Throughput,
 def write_final(out: RunOutputs, final_eval: dict[str, float], summary: dict[str, Any]) -> None:
     write_json(out.output_dir / "eval.json", final_eval)
     write_json(out.output_dir / "summary.json", summary)
-    print(format_summary(summary))
