@@ -37,7 +37,7 @@ from bert_ipu.schema import (
 from bert_ipu.config.sections import (
     CheckpointConfig, LoggingConfig, ModelConfig, SparsityConfig, TrainingConfig,
 )
-from bert_ipu.data.config import DataConfig, vocab_file_size
+from bert_ipu.data.config import SPECIAL_TOKENS, DataConfig, vocab_file_size
 
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
@@ -84,6 +84,10 @@ class Config:
             self._set("checkpoint", checkpoint_output_dir=f"{self.output_dir}/checkpoints")
         if self.model.vocab_size is None:  # the given vocabulary's size, else the trained one's
             given = vocab_file_size(self.data.vocab_file)
+            if given is not None and given <= len(SPECIAL_TOKENS):
+                raise ConfigError(
+                    f"data.vocab_file: {self.data.vocab_file}: expected word tokens besides "
+                    f"{' '.join(SPECIAL_TOKENS)}, got only {given} token(s)", "data.vocab_file")
             self._set("model", vocab_size=self.data.vocab_size if given is None else given)
         for section in ("data", "sparsity"):
             if getattr(self, section).seed is None:
