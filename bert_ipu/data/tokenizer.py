@@ -79,9 +79,6 @@ def read_vocab(path: str | Path) -> list[str]:
         raise DataError(f"data.vocab_file: {path}: missing special token(s) "
                         f"{' '.join(missing)}; a BERT vocabulary needs "
                         f"{' '.join(SPECIAL_TOKENS)} ({len(tokens)} tokens read)")
-    if len(seen) == len(SPECIAL_TOKENS):  # every word would be [UNK]; masking has no ids
-        raise DataError(f"data.vocab_file: {path}: expected word tokens besides "
-                        f"{' '.join(SPECIAL_TOKENS)}, got only those {len(tokens)}")
     return tokens
 
 

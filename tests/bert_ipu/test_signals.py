@@ -67,7 +67,7 @@ def test_sigterm_then_sigint_save_print_resume_and_exit_nonzero(tiny_data, tmp_p
     assert stopped_at >= 3 and load_metrics(out)[-1]["step"] == stopped_at
 
     argv = shlex.split(command)
-    assert argv[:3] == ["python", "-m", "bert_ipu.pretrain"]
+    assert argv[:3] == [sys.executable, "-m", "bert_ipu.pretrain"]  # the interpreter used
     proc = _start(argv[3:])
     _wait_for(lambda: load_metrics(out)[-1]["step"] > stopped_at + 1, proc)
     proc.send_signal(signal.SIGINT)
