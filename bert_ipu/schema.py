@@ -143,8 +143,10 @@ def read_yaml_tree(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str,
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config file: {err}", str(path)) from None
     data = parse_yaml_value(text, str(path))
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        # An empty file would silently start a full default (BERT-Base) run.
+        raise fail(str(path), "a mapping of config sections (the file is empty or null)",
+                   data)
     if not isinstance(data, dict):
         raise fail(str(path), "a mapping of config sections at the top level", data)
     parents = data.pop("extends", None)

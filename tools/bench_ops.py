@@ -22,7 +22,9 @@ CUDA events (`dynsp_tools.benchlib.triton_layers.bench_cuda_layer`), and the ach
 fraction of the memory-bound roofline (`dynsp_tools.benchlib.roofline`; 1.0 = at the
 bound). ``x dense`` and ``x t.sparse`` are speed-ups (> 1: Triton is faster).
 
-Results also go to JSON (default ``runs/bench/bench_ops_<device>.json``). Without
+Results also go to JSON (default ``runs/bench/bench_ops_<device>.json``), rewritten after
+every case (``"complete": false`` until the suite ends), so an interrupted run keeps what
+it measured. Without
 CUDA, ``--device cuda`` prints one line and exits 0.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 import torch
@@ -48,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--suite", choices=("linear", "kernels", "all"),
                    help="linear: SparseLinear backends vs nn.Linear; kernels: Triton vs cuBLAS vs "
                         "torch.sparse on CUDA (default: kernels with --device cuda, else linear)")
-    p.add_argument("--quick", action="store_true", help="small subset (~2-3 min on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="BERT-Base layers, B=16, fp32 (~2 min on 2 CPU cores)")
     p.add_argument("--json", type=Path, help="write all rows and the machine as JSON here "
                    "(default: runs/bench/bench_ops_<device>.json)")
     p.add_argument("--hidden", type=int, nargs="+", help="H values (default: grid)")
@@ -73,8 +75,11 @@ def _cell(t: float | None, dense: float | None, timed: bool | str) -> str:
     return f"{t / dense:5.2f}x ({t:7.1f})"
 
 
-def run_linear(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """The SparseLinear suite: prints one line per case as it goes; returns the rows."""
+def run_linear(args: argparse.Namespace, device: torch.device,
+               save: Callable[[list[dict[str, Any]]], None] = lambda rows: None
+               ) -> list[dict[str, Any]]:
+    """The SparseLinear suite: prints one line per case and calls `save(rows so far)` as it
+    goes (an interrupted run keeps what it measured); returns the rows."""
     grid = dict(bench.QUICK_GRID if args.quick else bench.FULL_GRID)
     for key in ("hidden", "tokens", "sparsity", "block_sizes", "amp"):
         if getattr(args, key) is not None:
@@ -104,6 +109,7 @@ def run_linear(args: argparse.Namespace, device: torch.device) -> list[dict[str,
               flush=True)
         rows.append(dict(case=case.__dict__, ms=times, update_ms=updates[key],
                          sparse_bytes=mems[key][0], dense_bytes=mems[key][1]))
+        save(rows)
     return rows
 
 
@@ -126,8 +132,11 @@ def kernel_row_cells(case: bench.KernelCase, dtype: str, r: dict[str, Any]) -> l
                    num("speedup_bound", ".2f"), num("triton_forward_rel_err", ".1e")]
 
 
-def run_kernels(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The CUDA kernel suite (bench_cuda_layer per case); prints the table at the end."""
+def run_kernels(args: argparse.Namespace,
+                save: Callable[[list[dict[str, Any]]], None] = lambda rows: None
+                ) -> list[dict[str, Any]]:
+    """The CUDA kernel suite (bench_cuda_layer per case, `save(rows so far)` after each);
+    prints the table at the end."""
     from dynsp_tools.benchlib.triton_layers import bench_cuda_layer
 
     grid = dict(bench.KERNEL_GRID)
@@ -146,6 +155,7 @@ def run_kernels(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"{case.shape_name} N={case.n_tokens} B={case.block_size} {amp}: done", flush=True)
             rows.append({"case": {**case.__dict__, "dtype": amp}, **r})
             cells.append(kernel_row_cells(case, amp, r))
+            save(rows)
     print(bench.format_table(KERNEL_HEADER, cells))
     return rows
 
@@ -162,14 +172,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     info = bench.machine_info(device)
     print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
-    out: dict[str, Any] = {"machine": info, "device": device.type, "suite": suite}
-    if suite in ("linear", "all"):
-        out["rows"] = run_linear(args, device)
-    if suite in ("kernels", "all"):
-        out["kernel_rows"] = run_kernels(args)
+    out: dict[str, Any] = {"machine": info, "device": device.type, "suite": suite,
+                           "complete": False}
     path = args.json or Path("runs/bench") / f"bench_ops_{device.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+
+    def save(key: str) -> Callable[[list[dict[str, Any]]], None]:
+        def write(rows: list[dict[str, Any]]) -> None:  # after every case, atomically
+            out[key] = rows
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(out, indent=1))
+            tmp.replace(path)
+        return write
+
+    if suite in ("linear", "all"):
+        run_linear(args, device, save("rows"))
+    if suite in ("kernels", "all"):
+        run_kernels(args, save("kernel_rows"))
+    out["complete"] = True
+    save("suite")(suite)
     print(f"wrote {path}")
     return 0
 

@@ -14,6 +14,9 @@ the timed steps; their time is reported and taken out of the throughput
 Columns (ratios are against dense of the same size, measured in the same run):
 * ``seq/s``: sequences per step / median step time (robust to load bursts on a shared
   machine; the mean-based numbers are in the JSON);
+* ``spread``: (max - min) / median of the timed step times without an update; a ratio
+  to dense within the two rows' spreads is flagged with a warning (not a measured
+  difference), as is a case with fewer than 3 timed steps;
 * ``peak MiB``: peak memory growth from before the model is built to the end of the
   timed steps (model, gradients, Adam state, activations, workspace). CUDA:
   ``torch.cuda.max_memory_allocated`` (tensors). CPU: the process's peak resident set
@@ -88,16 +91,38 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def noise_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One warning per sparse row whose speed ratio to dense is within the step-time spread
+    of the two (the effect is smaller than the noise: 2 steps on a busy machine once gave
+    DynSp 1.96x dense), and one when there are too few steps to see a spread at all."""
+    dense = {r["size"]: r for r in rows if r["variant"] == "dense"}
+    out = []
+    for r in rows:
+        d, ratio = dense.get(r["size"]), r.get("sequences_per_second_median_vs_dense")
+        if d is None or r is d or ratio is None:
+            continue
+        steps = r["steps"] - r["n_updates"]
+        noise = r["step_time_spread"] + d["step_time_spread"]
+        if min(steps, d["steps"]) < 3:
+            out.append(f"warning: {r['size']} {r['variant']}: {ratio:.2f}x dense from fewer than "
+                       "3 timed steps; the spread cannot be seen (use --steps 5 or more)")
+        elif abs(ratio - 1) <= noise:
+            out.append(f"warning: {r['size']} {r['variant']}: {ratio:.2f}x dense is within the "
+                       f"step-time spread ({noise:.0%} of a step, this row and dense together); "
+                       "not a measured difference (more --steps, a quieter machine)")
+    return out
+
+
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["size", "variant", "seq/s", "vs dense", "peak MiB", "vs dense", "state MiB", "vs dense",
+    head = ["size", "variant", "seq/s", "vs dense", "spread", "peak MiB", "vs dense", "state MiB", "vs dense",
             "enc-linear state MiB", "vs dense", "update ms"]
     cells = [[r["size"], r["variant"], f"{r['sequences_per_second_median']:.2f}",
               _ratio(r["sequences_per_second_median_vs_dense"]),
-              f"{r['peak_memory_bytes'] / MIB:.0f}", _ratio(r["peak_memory_bytes_vs_dense"]),
+              f"{r['step_time_spread']:.0%}", f"{r['peak_memory_bytes'] / MIB:.0f}", _ratio(r["peak_memory_bytes_vs_dense"]),
               f"{r['state_bytes_model'] / MIB:.1f}", _ratio(r["state_bytes_model_vs_dense"]),
               f"{r['state_bytes_encoder_linears'] / MIB:.1f}",
               _ratio(r["state_bytes_encoder_linears_vs_dense"]),
@@ -130,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
           f"tokens, {rows[0]['precision']}, {'synthetic' if args.synthetic else 'config'} data, "
           f"peak memory: {rows[0]['peak_memory_method']}")
     print(table(rows))
+    for line in noise_warnings(rows):
+        print(line)
     out = {"machine": info, "config": args.config, "overrides": overrides, "steps": args.steps,
            "warmup": args.warmup, "synthetic": args.synthetic, "sparsity": args.sparsity,
            "variants": variants, "rows": rows}

@@ -12,7 +12,8 @@ cross-section rules, so every `Config` that exists is valid. YAML files may use
 
 Resolution (done once, written into the saved config): `model.size` fills the model
 shape fields left null (explicit fields win; FFN = 4H and head size 64 when not given);
-`model.vocab_size` defaults to `data.vocab_size`; `data.seed` and `sparsity.seed` default
+`model.vocab_size` defaults to the size of `data.vocab_file` when one is given, else to
+`data.vocab_size`; `data.seed` and `sparsity.seed` default
 to `training.seed`; `output_dir` defaults to `runs/<name>` and
 `checkpoint.checkpoint_output_dir` to `<output_dir>/checkpoints`.
 
@@ -36,12 +37,12 @@ from bert_ipu.schema import (
 from bert_ipu.config.sections import (
     CheckpointConfig, LoggingConfig, ModelConfig, SparsityConfig, TrainingConfig,
 )
-from bert_ipu.data.config import DataConfig
+from bert_ipu.data.config import SPECIAL_TOKENS, DataConfig, vocab_file_size
 
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "SparsityConfig", "DataConfig", "TrainingConfig",
     "CheckpointConfig", "LoggingConfig", "load_config", "config_from_dict", "config_to_dict",
-    "save_config",
+    "save_config", "applied_config_dict",
 ]
 
 
@@ -81,8 +82,13 @@ class Config:
             object.__setattr__(self, "output_dir", f"runs/{self.name}")
         if self.checkpoint.checkpoint_output_dir is None:
             self._set("checkpoint", checkpoint_output_dir=f"{self.output_dir}/checkpoints")
-        if self.model.vocab_size is None:
-            self._set("model", vocab_size=self.data.vocab_size)
+        if self.model.vocab_size is None:  # the given vocabulary's size, else the trained one's
+            given = vocab_file_size(self.data.vocab_file)
+            if given is not None and given <= len(SPECIAL_TOKENS):
+                raise ConfigError(
+                    f"data.vocab_file: {self.data.vocab_file}: expected word tokens besides "
+                    f"{' '.join(SPECIAL_TOKENS)}, got only {given} token(s)", "data.vocab_file")
+            self._set("model", vocab_size=self.data.vocab_size if given is None else given)
         for section in ("data", "sparsity"):
             if getattr(self, section).seed is None:
                 self._set(section, seed=self.training.seed)
@@ -96,7 +102,12 @@ class Config:
                       f"a divisor of model.{name}={size}", s.block_size)
         _need(d.sequence_length <= m.max_position_embeddings, "data.sequence_length",
               f"<= model.max_position_embeddings={m.max_position_embeddings}", d.sequence_length)
-        if d.vocab_file is None:
+        given = vocab_file_size(d.vocab_file)
+        if given is not None:  # checked here, before any data is prepared
+            _need(m.vocab_size >= given, "model.vocab_size",
+                  f">= the {given} tokens of data.vocab_file={d.vocab_file} (or null to use "
+                  "its size)", m.vocab_size)
+        elif d.vocab_file is None:
             _need(m.vocab_size >= d.vocab_size, "model.vocab_size",
                   f">= data.vocab_size={d.vocab_size} (the trained vocabulary)", m.vocab_size)
         _need(m.pad_token_id < m.vocab_size, "model.pad_token_id",
@@ -129,12 +140,26 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return to_dict(cfg)
 
 
+def applied_config_dict(cfg: Config) -> dict[str, Any]:
+    """`config_to_dict` as the run used it (what a run saves): a dense run has no pattern,
+    so its sparsity section is only `method` and `sparsity` (no block size, no update
+    count); a static run makes no pattern update (`n_updates: 0`)."""
+    out = config_to_dict(cfg)
+    method = cfg.sparsity.method
+    if method == "dense":
+        out["sparsity"] = {k: out["sparsity"][k] for k in ("method", "sparsity")}
+    elif method == "static":
+        out["sparsity"]["n_updates"] = 0
+    return out
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config as YAML; `load_config(path)` gives back an equal Config."""
+    """Write the resolved config as YAML, less the sparsity fields the method does not use
+    (`applied_config_dict`); `load_config(path)` gives back a Config that runs the same."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "# Resolved configuration (defaults < YAML < CLI); reload with load_config.\n"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + dump_yaml(config_to_dict(cfg)), encoding="utf-8")
+    tmp.write_text(header + dump_yaml(applied_config_dict(cfg)), encoding="utf-8")
     tmp.replace(path)
     return path

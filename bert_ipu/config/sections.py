@@ -50,7 +50,7 @@ class ModelConfig:
     intermediate_size: int | None = None
     """FFN width (null: 4H)."""
     vocab_size: int | None = None
-    """Embedding rows (null: data.vocab_size); must be >= the tokenizer's vocabulary."""
+    """Embedding rows (null: the size of data.vocab_file, else data.vocab_size); >= the vocabulary."""
     max_position_embeddings: int = 512
     """Position embedding rows; must be >= data.sequence_length."""
     type_vocab_size: int = 2
@@ -163,6 +163,12 @@ class SparsityConfig(DynSpSettings):
         return self if self.method == "dynamic" else dataclasses.replace(self, n_updates=0)
 
 
+# Beyond these a step's arithmetic overflows fp32 (AdamW's update, the scaled loss):
+# no run can use them, so they are refused as input rather than found as a traceback.
+MAX_LEARNING_RATE = 1e3
+MAX_LOSS_SCALE = 2.0 ** 32
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation (AdamW, docs/algorithm.md), precision and devices."""
@@ -202,6 +208,10 @@ class TrainingConfig:
     """Dynamic loss scaling: the scale doubles after this many consecutive good steps."""
     max_nonfinite_steps: int = 10
     """Consecutive non-finite losses tolerated before the run stops."""
+    max_skipped_steps: int = 100
+    """fp16: consecutive overflow-skipped steps tolerated before the run stops (diverged)."""
+    num_threads: int | None = None
+    """CPU threads of torch (null: torch's default, one per core; 1 is often fastest on a busy machine)."""
     seed: int = 42
     """Seed of weight init (and of data/sparsity when theirs are null)."""
     device: str = field(default="auto", metadata=choices(device_kinds))
@@ -224,16 +234,19 @@ class TrainingConfig:
             "replication_factor": (_pos, "an integer > 0"),
             "training_steps": (_pos, "an integer > 0 or null"),
             "epochs": (_pos, "a number > 0"),
-            "learning_rate": (_pos, "a number > 0"),
+            "learning_rate": (lambda v: 0 < v <= MAX_LEARNING_RATE,
+                              f"a number in (0, {MAX_LEARNING_RATE:g}]"),
             "lr_warmup": (lambda v: v >= 0 and (isinstance(v, int) or v < 1),
                           "a step count (integer >= 0) or a fraction (number in [0, 1))"),
             "weight_decay": (_nonneg, "a number >= 0"),
             "adam_betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
             "adam_eps": (_pos, "a number > 0"),
             "max_grad_norm": (_nonneg, "a number >= 0"),
-            "loss_scaling": (_pos, "a number > 0"),
+            "loss_scaling": (lambda v: 0 < v <= MAX_LOSS_SCALE, "a number in (0, 2**32]"),
             "loss_scaling_growth_interval": (_pos, "an integer > 0"),
             "max_nonfinite_steps": (_nonneg, "an integer >= 0"),
+            "max_skipped_steps": (_pos, "an integer > 0"),
+            "num_threads": (_pos, "an integer > 0 or null"),
             "seed": (_seed, "an integer in [0, 2**63 - 1]"),
             "layers_per_ipu": (lambda v: len(v) > 0 and all(n >= 0 for n in v),
                                "a non-empty list of integers >= 0, or null"),
@@ -282,8 +295,8 @@ class LoggingConfig:
     """Evaluate on the held-out split every N steps (0: only at the end)."""
     eval_batches: int | None = None
     """Held-out batches per evaluation (null: the whole split)."""
-    tensorboard: bool = True
-    """Also write TensorBoard events when tensorboard is installed."""
+    tensorboard: bool = False
+    """Also write TensorBoard events (needs `pip install tensorboard`, not in requirements)."""
     progress_bar: bool = True
     """Show a progress bar with loss, sequences/s and ETA."""
 

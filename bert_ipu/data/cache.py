@@ -7,7 +7,7 @@ Layout of `<cache_dir>/<source>-<location16>-<key16>/`:
   {train,eval}_tokens.npy ... the arrays of batching.py (memory-mapped when loading)
 
 `location` hashes where the data comes from and the data settings; `key` hashes that plus
-the corpus identity (file sizes and mtimes, dataset fingerprint, stdlib-docs hash) and the
+the corpus identity (file sizes and content sha256, dataset fingerprint, stdlib-docs hash) and the
 tokenizer identity (vocab sha256). A folder of the same location but another key is
 *stale* (the corpus or vocab changed): it is removed, with a warning, once the new cache
 is complete. A folder whose files do not match meta.json (missing, wrong size, wrong
@@ -34,7 +34,7 @@ import numpy as np
 from bert_ipu.data.config import DataError
 from bert_ipu.fsutil import fsync_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one-sentence chunks draw their NSP label (pretraining.py)
 META = "meta.json"
 Log = Callable[[str], None]
 

@@ -16,6 +16,7 @@ data.mask_tokens: expected an integer in [1, data.sequence_length - 2 = 126], go
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from bert_ipu.data.text import FORMATS
@@ -27,7 +28,8 @@ SOURCES = ("builtin", "files", "hf")
 """Corpus sources (bert_ipu.data.corpus.open_corpus has one reader per name)."""
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
-__all__ = ["DataConfig", "DataError", "HFSource", "SOURCES", "SPECIAL_TOKENS", "ConfigError"]
+__all__ = ["DataConfig", "DataError", "HFSource", "SOURCES", "SPECIAL_TOKENS", "ConfigError",
+           "vocab_file_size"]
 
 
 class DataError(ValueError):
@@ -47,6 +49,18 @@ class HFSource:
 
 def _seed(v: int) -> bool:
     return 0 <= v < 2**63
+
+
+def vocab_file_size(path: str | None) -> int | None:
+    """Tokens in a vocab.txt (one per line), or None when there is no readable file (the
+    data stage then reports the file itself). Cheap: config resolution uses it."""
+    if path is None:
+        return None
+    try:
+        lines = Path(path).expanduser().read_bytes().split(b"\n")
+    except OSError:
+        return None
+    return len(lines) - (1 if lines and lines[-1] == b"" else 0)
 
 
 @dataclass(frozen=True)

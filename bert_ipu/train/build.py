@@ -96,6 +96,11 @@ def build_loaders(cfg: Config, info: D.DistInfo, log: Log
             f"model.vocab_size: expected >= the tokenizer's {tok.vocab_size} tokens "
             f"({tok.vocab_file}), got {cfg.model.vocab_size}", "model.vocab_size")
     t = cfg.training
+    if len(train_ds) < t.micro_batch_size * info.world_size:
+        raise ConfigError(
+            f"training.micro_batch_size: expected at most the {len(train_ds)} training "
+            f"examples of the prepared data (over {info.world_size} rank(s)), got "
+            f"{t.micro_batch_size}; lower it or use a larger corpus", "training.micro_batch_size")
     train = PretrainingLoader(train_ds, t.micro_batch_size, seed=cfg.data.seed_value, rank=info.rank,
                               world_size=info.world_size, num_workers=cfg.data.num_workers)
     return train, eval_ds
@@ -107,6 +112,23 @@ def total_training_steps(cfg: Config, loader: PretrainingLoader | None) -> int:
     if t.training_steps is not None or loader is None:
         return t.training_steps
     return max(1, math.ceil(t.epochs * len(loader) / t.gradient_accumulation))
+
+
+def check_before_data(cfg: Config) -> None:
+    """What can be checked without the prepared data, checked before preparing it (a
+    preparation can take as long as a tokenisation of the corpus): the pattern updates
+    must fit in training.training_steps when that is given. (Vocabulary size against
+    data.vocab_file and the output folder are checked earlier, by the config and by
+    prepare_outputs.)"""
+    s, steps = cfg.sparsity, cfg.training.training_steps
+    if s.method == "dense" or steps is None:
+        return
+    from sparse_ops.dynsp.settings import SettingsError
+
+    try:
+        s.controller_settings().schedule(steps)
+    except SettingsError as exc:
+        raise ConfigError(str(exc), exc.path, exc.expected, exc.value) from None
 
 
 def build_controller(cfg: Config, model: nn.Module | dict[str, nn.Module],
@@ -168,11 +190,14 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
         raise ConfigError("training.training_steps: expected a step count when the run is "
                           "built without data (nothing to count epochs over), got None",
                           "training.training_steps")
+    if t.num_threads is not None:
+        torch.set_num_threads(t.num_threads)
     info = D.from_environment()
     device = resolve_device(t.device, info.local_rank)
     data_info = check_pipeline(cfg, info) if device.torch_pipeline else info
     D.init(info, device.distributed_backend)
     seed_everything(t.seed)
+    check_before_data(cfg)
     quiet = log if info.is_main else (lambda s: None)
     train, held_out = build_loaders(cfg, data_info, quiet) if data else (None, None)
     total = total_training_steps(cfg, train)

@@ -258,10 +258,15 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Check every file against the manifest; returns the manifest or raises
-    ChecksumError naming the missing, truncated or altered file."""
+def verify_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check every file against the manifest, and that the manifest lists every name in
+    `required`; returns the manifest or raises ChecksumError naming the missing,
+    truncated or altered file."""
     manifest = read_manifest(path)
+    for name in required:
+        if name not in manifest["files"]:
+            raise ChecksumError(f"checkpoint {str(path)!r} is incomplete: its manifest does "
+                                f"not list {name}")
     for name, entry in manifest["files"].items():
         file = Path(path) / name
         if not file.is_file():
@@ -280,14 +285,26 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def find_latest(root: Path) -> Path | None:
-    """Newest checkpoint under `root` whose manifest verifies; older good ones are
-    used with a warning when newer ones are corrupt. None when there is none at all."""
+def _warn_unfinished(root: Path) -> None:
+    """Checkpoint-named folders without a manifest (a deleted manifest, a copy cut
+    short) are never resumed from; say so rather than skip them silently."""
+    if Path(root).is_dir():
+        for path in sorted(Path(root).iterdir()):
+            if CheckpointId.parse(path.name) and path.is_dir() and not (path / MANIFEST).is_file():
+                log.warning("skipping checkpoint %s: it has no %s (unfinished or damaged)",
+                            path, MANIFEST)
+
+
+def find_latest(root: Path, required: tuple[str, ...] = ()) -> Path | None:
+    """Newest checkpoint under `root` whose manifest verifies (and lists `required`);
+    older good ones are used with a warning when newer ones are corrupt. None when
+    there is none at all."""
+    _warn_unfinished(root)
     found = list_checkpoints(root)
     errors = []
     for _, path in reversed(found):
         try:
-            verify_checkpoint(path)
+            verify_checkpoint(path, required)
         except ChecksumError as exc:
             log.warning("skipping corrupt checkpoint: %s", exc)
             errors.append(str(exc))
@@ -300,20 +317,20 @@ def find_latest(root: Path) -> Path | None:
     return None
 
 
-def resolve_resume(spec: str | None, root: Path) -> Path | None:
+def resolve_resume(spec: str | None, root: Path, required: tuple[str, ...] = ()) -> Path | None:
     """`None`/`""` -> no resume; `latest` -> find_latest(root) (None when no
     checkpoint exists yet); a path -> that checkpoint, verified."""
     if not spec:
         return None
     if spec == "latest":
-        return find_latest(root)
+        return find_latest(root, required)
     path = Path(spec)
     if not path.is_dir():
         raise CheckpointError(
             f"resume_training_from_checkpoint: expected 'latest' or a checkpoint folder, "
             f"got {spec!r} (not a folder)"
         )
-    verify_checkpoint(path)
+    verify_checkpoint(path, required)
     return path
 
 

@@ -6,7 +6,7 @@ numbers (dropout is off, masks are fixed), so it never disturbs an exact resume.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -37,8 +37,13 @@ def evaluate(
     precision: str,
     device: torch.device,
     max_batches: int | None = None,
-) -> dict[str, float]:
-    """Mean held-out MLM loss and accuracy, NSP loss and accuracy, and the counts."""
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, float] | None:
+    """Mean held-out MLM loss and accuracy, NSP loss and accuracy, and the counts.
+
+    `should_stop` is polled before every batch; when it turns true the evaluation is
+    abandoned and None returned (a SIGTERM must not wait for a whole evaluation:
+    pre-emption grace periods are seconds)."""
     was_training = model.training
     model.eval()
     sums = dict.fromkeys(("mlm_loss", "mlm_correct", "mlm_count",
@@ -47,6 +52,8 @@ def evaluate(
         for index, batch in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
+            if should_stop is not None and should_stop():
+                return None
             with autocast(precision, device):
                 out = model(**to_device(batch, device))
             _accumulate(sums, out)

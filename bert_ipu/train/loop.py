@@ -29,8 +29,8 @@ from bert_ipu.devices import distributed as D
 from bert_ipu.train import checkpoint as ck
 from bert_ipu.train import outputs as run_io
 from bert_ipu.train.build import Components, build_components
-from bert_ipu.train.evaluate import eval_batches, evaluate
-from bert_ipu.train.metrics import MetricsWriter, Progress, Throughput
+from bert_ipu.train.evaluate import EVAL_KEYS, eval_batches, evaluate
+from bert_ipu.train.metrics import MetricsWriter, Progress, Throughput, format_summary
 from bert_ipu.train.signals import StopRequest, TrainingInterrupted
 from bert_ipu.train.state import TrainState
 from bert_ipu.train.step import LOSS_KEYS, StepResult, poll_stop_hook
@@ -74,27 +74,43 @@ def train(cfg: Config, hooks: TrainerHooks | None = None, log: Callable[[str], N
           resume_command: str | None = None) -> dict[str, Any]:
     """Train per `cfg`; returns the summary. Raises TrainingInterrupted after a
     signal (checkpoint saved), NonFiniteLossError, and the config/data/checkpoint errors."""
-    out = run_io.prepare_outputs(cfg, resume_command)
-    c = build_components(cfg, log)
-    with StopRequest() as stop:
-        run = start_run(c, out, stop, hooks or TrainerHooks(), log)
+    out = run_io.prepare_outputs(cfg, resume_command)  # locks output_dir
+    # Signals stop set-up (data preparation can take minutes) at once, the loop at the
+    # next safe point: the handlers are installed before anything is prepared.
+    with StopRequest(immediate=True) as stop:
         try:
-            initial_eval(run)
-            while run.state.step < c.total_steps:
-                stepped = train_step(run)
-                if stepped:
-                    after_step(run, stepped)
-                if D.any_rank(run.stop.requested, c.dist, c.device.torch_device):
-                    interrupt(run)
-            return finish(run)
+            c = build_components(cfg, log)
+            stop.immediate = False
+            stop.raise_if_requested()
+            return _train_loop(c, out, stop, hooks or TrainerHooks(), log)
         finally:
-            run.progress.close()
-            run.metrics.close()
-            if c.controller is not None:
-                c.controller.close()
-            # Leave the process group before exit: gloo's threads still running at
-            # interpreter teardown abort the process ("terminate called ...", SIGABRT).
-            D.shutdown()
+            out.release()
+
+
+def _train_loop(c: Components, out: run_io.RunOutputs, stop: StopRequest,
+                hooks: TrainerHooks, log: Callable[[str], None]) -> dict[str, Any]:
+    """Resume if asked, step until the end (or a stop), finish."""
+    run = start_run(c, out, stop, hooks, log)
+    try:
+        initial_eval(run)
+        while run.state.step < c.total_steps:
+            stepped = train_step(run)
+            if stepped:
+                after_step(run, stepped)
+            if D.any_rank(run.stop.requested, c.dist, c.device.torch_device):
+                interrupt(run)
+        summary = finish(run)
+    finally:
+        run.progress.close()
+        run.metrics.close()
+        if c.controller is not None:
+            c.controller.close()
+        # Leave the process group before exit: gloo's threads still running at
+        # interpreter teardown abort the process ("terminate called ...", SIGABRT).
+        D.shutdown()
+    if c.dist.is_main:  # after the progress bar is closed, so it is not redrawn over
+        print(format_summary(summary), flush=True)
+    return summary
 
 
 def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: TrainerHooks,
@@ -146,21 +162,37 @@ def count_step(run: Run, t: int, result: StepResult) -> dict[str, Any]:
 
 
 def _check_nonfinite(run: Run, applied: bool, loss: float) -> None:
-    """fp16 overflow with a finite loss is the scaler's business; a non-finite loss (or
-    non-finite gradients in fp32/bf16) counts toward training.max_nonfinite_steps."""
-    state, limit = run.state, run.c.cfg.training.max_nonfinite_steps
+    """A non-finite loss (or non-finite gradients in fp32/bf16) counts toward
+    training.max_nonfinite_steps; fp16 steps the loss scaler skipped (finite loss,
+    overflowed gradients) toward training.max_skipped_steps: a scale that overflows on
+    every step would otherwise skip the whole run and train nothing."""
+    state, t = run.state, run.c.cfg.training
     if applied:
-        state.nonfinite_streak = 0
+        state.nonfinite_streak = state.skipped_streak = 0
         return
     if run.c.precision == "fp16" and math.isfinite(loss):
+        state.skipped_streak += 1
+        if state.skipped_streak > t.max_skipped_steps:
+            fix = ("a smaller training.loss_scaling" if t.auto_loss_scaling else
+                   "training.auto_loss_scaling=true (dynamic scaling) or a smaller "
+                   "training.loss_scaling")
+            raise NonFiniteLossError(
+                f"training stopped: the fp16 gradients overflowed and the step was skipped "
+                f"{state.skipped_streak} times in a row (training.max_skipped_steps="
+                f"{t.max_skipped_steps}, loss scale {run.c.scaler.scale:g}) at step "
+                f"{state.step}{_last_saved(run)}; use {fix}")
         return
     state.nonfinite_streak += 1
-    if state.nonfinite_streak > limit:
-        saved = f"; last checkpoint: {run.last_saved.name}" if run.last_saved else ""
+    if state.nonfinite_streak > t.max_nonfinite_steps:
         raise NonFiniteLossError(
             f"training stopped: the loss or gradients were NaN/Inf for {state.nonfinite_streak} "
-            f"consecutive steps (training.max_nonfinite_steps={limit}) at step {state.step}"
-            f"{saved}; try a lower training.learning_rate or another training.precision")
+            f"consecutive steps (training.max_nonfinite_steps={t.max_nonfinite_steps}) at step "
+            f"{state.step}{_last_saved(run)}; try a lower training.learning_rate or another "
+            "training.precision")
+
+
+def _last_saved(run: Run) -> str:
+    return f"; last checkpoint: {run.last_saved.name}" if run.last_saved else ""
 
 
 # ------------------------------------------------------------------ after a step
@@ -171,7 +203,9 @@ def after_step(run: Run, record: dict[str, Any]) -> None:
     paused = time.perf_counter()
     at_end = state.step == c.total_steps
     if at_end or (lg.eval_steps and state.step % lg.eval_steps == 0):
-        record.update({f"eval_{k}": v for k, v in run_eval(run).items()})
+        result = run_eval(run)
+        record.update({f"eval_{k}": v for k, v in result.items()})
+        show_eval(run, result)
     every = c.cfg.checkpoint.checkpoint_steps
     if at_end or (every and state.step % every == 0):
         save(run)
@@ -196,15 +230,19 @@ def log_record(run: Run, record: dict[str, Any]) -> None:
 
 
 def run_eval(run: Run) -> dict[str, float]:
-    """Held-out evaluation now; the first one ever is kept in the state (summary)."""
+    """Held-out evaluation now (empty when a stop signal cut it short); the one at step 0
+    is kept in the state (the summary's initial_eval)."""
     c = run.c
     if c.eval_dataset is None:
         return {}
     model, precision = c.runner.eval_model(c.core)  # IPU: an fp32 host copy
     batches = eval_batches(c.eval_dataset, c.cfg.training.micro_batch_size)
     result = evaluate(model, batches, precision, c.device.torch_device,
-                      c.cfg.logging.eval_batches)
-    run.state.first_eval = run.state.first_eval or dict(result)
+                      c.cfg.logging.eval_batches, should_stop=lambda: run.stop.requested)
+    if result is None:  # a signal arrived: the stop checkpoint comes first
+        return {}
+    if run.state.step == 0:  # `initial_eval` of the summary: the untrained model only
+        run.state.first_eval = dict(result)
     run.last_eval = (run.state.step, result)
     return result
 
@@ -215,6 +253,14 @@ def initial_eval(run: Run) -> None:
         result = run_eval(run)
         if result:
             run.metrics.log({"step": 0, **{f"eval_{k}": v for k, v in result.items()}})
+            show_eval(run, result)
+
+
+def show_eval(run: Run, result: dict[str, float]) -> None:
+    """An evaluation's result on screen, between progress-bar updates."""
+    if result:
+        run.progress.write(f"eval step {run.state.step}: " + " ".join(
+            f"{k} {result[k]:.4f}" for k in EVAL_KEYS if k in result))
 
 
 def save(run: Run) -> Path | None:

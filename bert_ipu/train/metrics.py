@@ -1,4 +1,5 @@
-"""Run outputs: `metrics.jsonl`, optional TensorBoard, a tqdm progress bar, JSON files.
+"""Run outputs: `metrics.jsonl` (+ `dynsp_layers.jsonl`), optional TensorBoard, a tqdm
+progress bar, JSON files.
 
 Every writer is a no-op on non-zero ranks (`enabled=False`), so the trainer calls
 them unconditionally.
@@ -11,8 +12,9 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,32 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class OutputWriteError(OSError):
+    """A run output could not be written; the message names the file (a bare
+    `[Errno 28] No space left on device` does not say where)."""
+
+    def __str__(self) -> str:
+        return f"could not write {self.filename}: {self.strerror}"
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Re-raise an OSError of the block as OutputWriteError naming `path`."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write a JSON file atomically (temporary file + rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with naming(path):
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -66,43 +88,81 @@ def _open_tensorboard(folder: Path) -> Any:
     return SummaryWriter(log_dir=str(folder))
 
 
+LAYER_FILE = "dynsp_layers.jsonl"
+DYNSP_KEYS = ("update_index", "prune_ratio", "update_time_s", "dof_mean",
+              "removed_new_fraction")
+
+
+def tensorboard_tag(key: str) -> str:
+    """Grouped TensorBoard tag: `eval/` held-out, `dynsp_layers/` per layer (keys with a
+    `/`), `dynsp/` pattern updates, `train/` everything else."""
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    if "/" in key:
+        return "dynsp_layers/" + key
+    return ("dynsp/" if key in DYNSP_KEYS else "train/") + key
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Keep only the records of `path` with `step <= step` (atomic rewrite)."""
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with naming(path):
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)
+
+
 class MetricsWriter:
-    """Appends one JSON object per logged step to `metrics.jsonl` (+ TensorBoard)."""
+    """Appends one JSON object per logged step to `metrics.jsonl` and the per-layer DynSp
+    metrics (keys `dof/NAME`, `density/NAME`, ...) of a pattern update, with its step, to
+    `dynsp_layers.jsonl`, so that metrics.jsonl rows stay readable; TensorBoard gets
+    every numeric value under a grouped tag (`tensorboard_tag`)."""
 
     def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.layers_path = Path(output_dir) / LAYER_FILE
         self.enabled = enabled
         self._tb = _open_tensorboard(Path(output_dir) / "tensorboard") if (
             enabled and tensorboard) else None
-        self._handle = None
+        self._handles: dict[Path, Any] = {}
 
     def truncate_after(self, step: int) -> None:
         """Keep only records with `step <= step` (resume: the interrupted run may have
         logged steps past its checkpoint; the resumed run logs them again)."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [r for r in read_jsonl(self.path) if int(r.get("step", 0)) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        if self.enabled:
+            _truncate_jsonl(self.path, step)
+            _truncate_jsonl(self.layers_path, step)
+
+    def _append(self, path: Path, record: Mapping[str, Any]) -> None:
+        with naming(path):
+            if path not in self._handles:
+                self._handles[path] = open(path, "a", encoding="utf-8")
+            self._handles[path].write(json.dumps(_jsonable(record)) + "\n")
+            self._handles[path].flush()
 
     def log(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        if self._handle is None:
-            self._handle = open(self.path, "a", encoding="utf-8")
-        self._handle.write(json.dumps(_jsonable(record)) + "\n")
-        self._handle.flush()
+        main = {k: v for k, v in record.items() if "/" not in k}
+        layers = {k: v for k, v in record.items() if "/" in k}
+        self._append(self.path, main)
+        if layers:
+            self._append(self.layers_path, {"step": record["step"], **layers})
         if self._tb is not None:
             step = int(record["step"])
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, step)
+                    self._tb.add_scalar(tensorboard_tag(key), value, step)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        handles, self._handles = self._handles, {}
+        for handle in handles.values():
+            try:
+                handle.close()
+            except OSError:  # the write that failed was already reported by log()
+                pass
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -138,6 +198,14 @@ class Progress:
             print(f"step {self.done}/{self.total} loss {loss:.4f} "
                   f"{sequences_per_second:.1f} seq/s ETA {_duration(eta)}", file=sys.stderr,
                   flush=True)
+
+    def write(self, line: str) -> None:
+        """A line on screen (an evaluation result) above the bar, which is redrawn below
+        it; without a bar, a plain line."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        elif self.enabled:
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,9 +25,11 @@ import torch
 from bert_ipu.train import checkpoint as ck
 from bert_ipu.devices import distributed as D
 from bert_ipu.train.build import Components
-from bert_ipu.config import Config, config_to_dict, save_config
+from bert_ipu.config import Config, applied_config_dict, save_config
 from bert_ipu.schema import dump_yaml
-from bert_ipu.train.metrics import Throughput, format_summary, write_json
+from bert_ipu.train.metrics import Throughput, write_json
+from bert_ipu.train.resume_check import first_line, structural_differences
+from bert_ipu.train.runlock import RunLock
 from bert_ipu.train.state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
 
 log = logging.getLogger(__name__)
@@ -39,23 +42,33 @@ class RunOutputs:
     output_dir: Path
     checkpoint_dir: Path
     resume_command: str
+    lock: RunLock | None = field(default=None, compare=False)
+    """Held by rank 0 for the whole run: one run per output folder."""
+
+    def release(self) -> None:
+        """Unlock the output folder (the end of the run, in any way)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def prepare_outputs(cfg: Config, resume_command: str | None = None) -> RunOutputs:
-    """Check that the output and checkpoint folders are writable, before any work is
-    done (rank 0 only). Nothing is written yet: a run that then stops on bad input
-    (data, vocabulary, checkpoint) leaves an earlier run's files as they were;
-    `write_config` writes config.yaml once the run is set up."""
+    """Check that the output and checkpoint folders are writable and lock the output
+    folder against a second run, before any work is done (rank 0 only). Nothing else is
+    written yet: a run that then stops on bad input (data, vocabulary, checkpoint) leaves
+    an earlier run's files as they were; `write_config` writes config.yaml once the run
+    is set up. The caller releases the lock (`RunOutputs.release`)."""
     out = Path(cfg.output_dir)
     ckpt = Path(cfg.checkpoint.checkpoint_output_dir)
+    lock = None
     if int(os.environ.get("RANK", 0)) == 0:
         ck.check_writable(out, "output_dir")
         ck.check_writable(ckpt, "checkpoint.checkpoint_output_dir")
+        lock = RunLock(out).acquire("output_dir")
     if resume_command is None:  # the saved config.yaml is self-contained
         resume_command = shlex.join([
-            "python", "-m", "bert_ipu.pretrain", "--config", str(out / "config.yaml"),
+            sys.executable or "python", "-m", "bert_ipu.pretrain", "--config", str(out / "config.yaml"),
             "checkpoint.resume_training_from_checkpoint=latest"])
-    return RunOutputs(out, ckpt, resume_command)
+    return RunOutputs(out, ckpt, resume_command, lock)
 
 
 def write_config(cfg: Config, out: RunOutputs) -> None:
@@ -72,6 +85,10 @@ def batch_stream(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
 
 
 # ------------------------------------------------------------------ checkpoints
+CHECKPOINT_FILES = ("model.pt", "optimizer.pt", "controller.pt", "trainer.pt", "config.yaml")
+"""What every trainer checkpoint holds; one whose manifest lacks any is not resumed."""
+
+
 def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
     """Everything needed to continue bit for bit (see checkpoint.py for the layout)."""
     mid = state.micro_step > 0
@@ -96,7 +113,7 @@ def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
         "optimizer.pt": c.optimizer.state_dict(),
         "controller.pt": controller,
         "trainer.pt": trainer,
-        "config.yaml": dump_yaml(config_to_dict(c.cfg)),
+        "config.yaml": dump_yaml(applied_config_dict(c.cfg)),
     }
 
 
@@ -110,7 +127,7 @@ def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
                  say: Callable[[str], None]) -> ck.CheckpointId | None:
     """Apply checkpoint.resume_training_from_checkpoint; returns the position resumed."""
     spec = c.cfg.checkpoint.resume_training_from_checkpoint
-    path = ck.resolve_resume(spec, out.checkpoint_dir)
+    path = ck.resolve_resume(spec, out.checkpoint_dir, CHECKPOINT_FILES)
     if path is None:
         if spec == "latest":
             say(f"resume: no checkpoint in {out.checkpoint_dir} yet; starting from scratch")
@@ -118,11 +135,16 @@ def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
             archive_earlier_run(out)
         return None
     loaded = ck.load_checkpoint(path, map_location=c.device.torch_device)
+    differ = structural_differences(loaded.get("config.yaml", ""), c.cfg)
+    if differ:
+        raise ck.CheckpointError(
+            f"checkpoint {str(path)!r} does not fit this run: " + "; ".join(differ)
+            + " (resume with the checkpoint's settings, or start in another output_dir)")
     try:
         restore(c, state, loaded)
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise ck.CheckpointError(
-            f"checkpoint {str(path)!r} does not fit this run: {exc}") from None
+            f"checkpoint {str(path)!r} does not fit this run: {first_line(exc)}") from None
     if c.dist.is_main:
         micro = f", micro-batch {state.micro_step}" if state.micro_step else ""
         say(f"resume: continuing from {path} (step {state.step}{micro})")
@@ -195,7 +217,8 @@ def summary(c: Components, state: TrainState, timer: Throughput,
         "skipped_steps": c.scaler.skipped_steps,
         "precision": c.precision,
         "device": c.device.kind,
-        "initial_eval": state.first_eval,
+        "initial_eval": state.first_eval or None,  # null: no evaluation at step 0
+        "num_threads": torch.get_num_threads(),
         "final_eval": final_eval,
     }
     if c.controller is not None:
@@ -208,4 +231,3 @@ def summary(c: Components, state: TrainState, timer: Throughput,
 def write_final(out: RunOutputs, final_eval: dict[str, float], summary: dict[str, Any]) -> None:
     write_json(out.output_dir / "eval.json", final_eval)
     write_json(out.output_dir / "summary.json", summary)
-    print(format_summary(summary))

@@ -28,12 +28,31 @@ class TrainingInterrupted(Exception):
         self.resume_command = resume_command
 
 
-class StopRequest:
-    """Context manager installing the handlers (main thread only; elsewhere a no-op)."""
+class SetupInterrupted(TrainingInterrupted):
+    """A signal during set-up (data preparation, model build): nothing to save yet."""
 
-    def __init__(self) -> None:
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum, None, "")
+        self.args = (f"stopped by {signal.Signals(signum).name} during set-up (data "
+                     "preparation or model build); nothing was trained or saved, and a "
+                     "partly prepared data cache is never used. Run the same command again.",)
+
+
+class StopRequest:
+    """Context manager installing the handlers (main thread only; elsewhere a no-op).
+
+    `immediate=True` (set-up): a signal raises SetupInterrupted at once; otherwise it
+    only sets the flag that the loop polls at safe points."""
+
+    def __init__(self, immediate: bool = False) -> None:
         self.signum: int | None = None
+        self.immediate = immediate
         self._previous: dict[int, Any] = {}
+
+    def raise_if_requested(self) -> None:
+        """SetupInterrupted when a signal arrived (and was deferred) during set-up."""
+        if self.signum is not None:
+            raise SetupInterrupted(self.signum)
 
     @property
     def requested(self) -> bool:
@@ -48,6 +67,8 @@ class StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self.request(signum)
+        if self.immediate:
+            raise SetupInterrupted(signum)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

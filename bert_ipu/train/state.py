@@ -32,6 +32,8 @@ class TrainState:
     """Cumulative training FLOPs (docs/flops.md; actual nnz, RigL extra included)."""
     nonfinite_streak: int = 0
     """Consecutive steps whose loss or gradients were not finite (fp32/bf16)."""
+    skipped_streak: int = 0
+    """Consecutive fp16 steps skipped by the loss scaler (finite loss, overflowed gradients)."""
     pattern_updates: int = 0
     """DynSp pattern updates applied so far."""
     update_time_s: float = 0.0
@@ -41,7 +43,7 @@ class TrainState:
     step_sums: dict[str, float] = field(default_factory=dict)
     """Sums over the micro-batches of the current step: loss, mlm_loss, nsp_loss."""
     first_eval: dict[str, float] = field(default_factory=dict)
-    """The first held-out evaluation of the run (for the summary)."""
+    """The held-out evaluation of the untrained model (step 0; for the summary)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **asdict(self)}
@@ -52,8 +54,9 @@ class TrainState:
                 f"TrainState.load_state_dict: expected version {STATE_VERSION}, "
                 f"got {state.get('version')!r}"
             )
-        for f in fields(self):
-            setattr(self, f.name, state[f.name])
+        fresh = TrainState()
+        for f in fields(self):  # a counter added since the checkpoint starts fresh
+            setattr(self, f.name, state.get(f.name, getattr(fresh, f.name)))
 
 
 def capture_rng() -> dict[str, Any]:

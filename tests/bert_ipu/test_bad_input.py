@@ -90,6 +90,38 @@ def test_out_of_range_value(capsys, earlier, tiny_data):
     assert line.startswith("error: sparsity.sparsity: expected a number in [0, 1), got 1.5")
 
 
+@pytest.mark.parametrize("text", ["", "null\n", "# only a comment\n", "{}\n"])
+def test_empty_or_null_config_file_is_refused(capsys, earlier, tiny_data, tmp_path, text):
+    """Issue 11, failure 11: it used to start a full BERT-Base run with defaults."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    line = fails_cleanly(capsys, earlier, tiny_data, config=str(empty))
+    assert "empty.yaml: expected a mapping of config sections (the file is empty or null)" in line
+
+
+@pytest.mark.parametrize("key, value", [("training.learning_rate", "1e39"),
+                                        ("training.loss_scaling", "1e39")])
+def test_values_that_overflow_fp32_are_refused(capsys, earlier, tiny_data, key, value):
+    """Issue 11, failure 3: learning_rate=1e39 was accepted and overflowed (traceback)."""
+    line = fails_cleanly(capsys, earlier, tiny_data, f"{key}={value}")
+    assert line.startswith(f"error: {key}: expected a number in (0, ") and "1e+39" in line
+
+
+def test_micro_batch_larger_than_the_training_split(capsys, earlier, tiny_data):
+    """Issue 11, failure 3: a ValueError traceback from the loader before."""
+    line = fails_cleanly(capsys, earlier, tiny_data, "training.micro_batch_size=5000")
+    assert line.startswith("error: training.micro_batch_size: expected at most the ")
+    assert "got 5000" in line
+
+
+def test_vocab_of_only_special_tokens(capsys, earlier, tiny_data, tmp_path):
+    """Issue 11, failure 3: an IndexError from masking before."""
+    vocab = tmp_path / "special_only.txt"
+    vocab.write_text("\n".join(SPECIAL_TOKENS) + "\n")
+    line = fails_cleanly(capsys, earlier, tiny_data, **{"data.vocab_file": str(vocab)})
+    assert f"data.vocab_file: {vocab}: expected word tokens besides" in line
+
+
 # ------------------------------------------------------------------ corpus
 def test_missing_corpus_file(capsys, earlier, tiny_data, tmp_path):
     missing = tmp_path / "no_such_corpus.txt"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -126,9 +127,10 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_earlier(tiny_data, 
 
 
 def test_resume_command_replaces_an_earlier_resume_override():
-    cmd = resume_command("configs/demo.yaml", ["a.b=1", "checkpoint.resume_training_from_checkpoint=x"])
-    assert cmd == ("python -m bert_ipu.pretrain --config configs/demo.yaml a.b=1 "
-                   "checkpoint.resume_training_from_checkpoint=latest")
+    cmd = resume_command("configs/demo.yaml", ["a.b=1", "checkpoint.resume_training_from_checkpoint=x"],
+                         env={})
+    assert cmd == (f"{shlex.quote(sys.executable)} -m bert_ipu.pretrain --config configs/demo.yaml "
+                   "a.b=1 checkpoint.resume_training_from_checkpoint=latest")
 
 
 def test_module_entry_point_exits_2_without_traceback(tmp_path):

@@ -56,8 +56,8 @@ def test_tensorboard_gets_every_numeric_field(tmp_path, fake_tensorboard):
     writer.close()
     (tb,) = fake_tensorboard
     assert tb.log_dir == str(tmp_path / "tensorboard") and tb.closed
-    assert [(t, s) for t, _, s in tb.scalars] == [("loss", 3), ("grad_norm", 3),
-                                                 ("dof/encoder.layer.0", 3)]
+    assert [(t, s) for t, _, s in tb.scalars] == [("train/loss", 3), ("train/grad_norm", 3),
+                                                 ("dynsp_layers/dof/encoder.layer.0", 3)]
     assert MetricsWriter(tmp_path, enabled=False, tensorboard=True)._tb is None  # rank > 0
     assert len(fake_tensorboard) == 1
 
@@ -71,9 +71,40 @@ def test_the_trainer_writes_tensorboard_scalars_when_installed(tiny_data, tmp_pa
                                                  "sparsity.n_updates": 1})
     (tb,) = fake_tensorboard
     assert tb.closed
-    steps = {s for tag, _, s in tb.scalars if tag == "loss"}
+    steps = {s for tag, _, s in tb.scalars if tag == "train/loss"}
     assert steps == {1, 2, 3}
-    assert {"sequences_per_second", "flops", "lr", "eval_mlm_loss"} <= {t for t, _, _ in tb.scalars}
+    tags = {t for t, _, _ in tb.scalars}
+    assert {"train/sequences_per_second", "train/flops", "train/lr", "eval/mlm_loss",
+            "dynsp/dof_mean", "dynsp/update_index"} <= tags
+    assert any(t.startswith("dynsp_layers/dof/") for t in tags)
+    assert all(t.split("/")[0] in ("train", "eval", "dynsp", "dynsp_layers") for t in tags)
+
+
+def test_per_layer_metrics_go_to_their_own_file(tiny_data, tmp_path):
+    """Issue 11: metrics.jsonl rows carried 113 keys (96 per layer)."""
+    corpus, cache = tiny_data
+    out = tmp_path / "run"
+    run_tiny(corpus, out, cache, **{"training.training_steps": 4, "sparsity.n_updates": 1})
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert rows and not any("/" in k for r in rows for k in r)
+    update = [r for r in rows if "update_index" in r]
+    layers = read_jsonl(out / "dynsp_layers.jsonl")
+    assert [r["step"] for r in layers] == [r["step"] for r in update] and len(layers) == 1
+    assert any(k.startswith("dof/") for k in layers[0]) and "density/" in "".join(layers[0])
+
+
+def test_eval_lines_are_written_between_bar_updates(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    progress = Progress(total=10, initial=0, enabled=True)
+    progress.update(1, 2.5, 10.0)
+    progress.write("eval step 1: mlm_loss 2.0")
+    progress.close()
+    assert "eval step 1: mlm_loss 2.0\n" in screen.getvalue()
 
 
 def test_progress_line_without_a_terminal_shows_loss_rate_and_eta(capsys):

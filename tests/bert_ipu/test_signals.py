@@ -67,7 +67,7 @@ def test_sigterm_then_sigint_save_print_resume_and_exit_nonzero(tiny_data, tmp_p
     assert stopped_at >= 3 and load_metrics(out)[-1]["step"] == stopped_at
 
     argv = shlex.split(command)
-    assert argv[:3] == ["python", "-m", "bert_ipu.pretrain"]
+    assert argv[:3] == [sys.executable, "-m", "bert_ipu.pretrain"]  # the interpreter used
     proc = _start(argv[3:])
     _wait_for(lambda: load_metrics(out)[-1]["step"] > stopped_at + 1, proc)
     proc.send_signal(signal.SIGINT)
@@ -162,3 +162,33 @@ def test_stop_request_sets_a_flag_and_a_second_ctrl_c_raises():
     assert signal.getsignal(signal.SIGTERM) is before
     err = TrainingInterrupted(signal.SIGINT, "/x/step_00000003", "python -m bert_ipu.pretrain")
     assert err.exit_code == 130 and "Resume with:\n  python -m bert_ipu.pretrain" in str(err)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_ends_the_job_with_143(tiny_data, tmp_path):
+    """Issue 11, failure 6: under plain torchrun the agent exits 1 with a traceback after
+    its ranks saved; `bert_ipu.launch` ends the job with 143 and one message."""
+    import yaml
+
+    from bert_ipu.schema import apply_overrides
+
+    corpus, cache = tiny_data
+    out = tmp_path / "run"
+    raw = apply_overrides({}, tiny_overrides(corpus, out, cache, **{
+        "training.training_steps": 400, "checkpoint.checkpoint_steps": 0,
+        "logging.eval_steps": 0}))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bert_ipu.launch", "--standalone", "--nproc_per_node=2",
+         "-m", "bert_ipu.pretrain", "--config", str(config)],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _logged_steps(out) >= 3, proc, timeout=180)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and err.count("stopped by SIGTERM; checkpoint saved") == 1
+    resume = err.split("Resume with:\n", 1)[1].splitlines()[0].strip()
+    assert shlex.split(resume)[:5] == [sys.executable, "-m", "bert_ipu.launch",
+                                       "--nproc_per_node=2", "--standalone"]
+    assert ck.find_latest(out / "checkpoints") is not None

@@ -25,7 +25,7 @@ def test_cpu_suite_writes_json(tmp_path, capsys):
     path = tmp_path / "ops.json"
     assert bench_ops.main(TINY + ["--json", str(path)]) == 0
     report = json.loads(path.read_text())
-    assert report["device"] == "cpu" and report["suite"] == "linear"
+    assert report["device"] == "cpu" and report["suite"] == "linear" and report["complete"]
     assert {"torch", "threads", "cpu"} <= set(report["machine"])
     rows = report["rows"]
     assert [(r["case"]["out_features"], r["case"]["in_features"]) for r in rows] == [(32, 32), (96, 32)]
@@ -34,6 +34,22 @@ def test_cpu_suite_writes_json(tmp_path, capsys):
         assert r["update_ms"] > 0
         assert 0 < r["sparse_bytes"] < r["dense_bytes"]  # s = 0.5: half the blocks
     assert f"wrote {path}" in capsys.readouterr().out
+
+
+def test_results_are_written_as_they_come(tmp_path, monkeypatch):
+    """Issue 11: --quick ran 8 minutes and wrote nothing (JSON only at the end)."""
+    path = tmp_path / "ops.json"
+    real, seen = bench_ops.bench.bench_layer, []
+
+    def bench_layer_checking_the_file(*args, **kwargs):
+        if seen:  # the previous case is on disk before the next is timed
+            assert len(json.loads(path.read_text())["rows"]) == len(seen)
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench_ops.bench, "bench_layer", bench_layer_checking_the_file)
+    assert bench_ops.main(TINY + ["--json", str(path)]) == 0
+    assert len(seen) == 2 and json.loads(path.read_text())["complete"]
 
 
 def test_cuda_without_cuda_prints_one_line_and_exits_0(tmp_path):

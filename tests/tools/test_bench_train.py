@@ -28,7 +28,8 @@ def test_tiny_cpu_run_writes_json_with_ratios(tmp_path, capsys):
             "--variants", "dense,static_b16,dynsp_b16", "--threads", "1", "--json", str(path),
             "data.sequence_length=32", "data.mask_tokens=4"]
     assert bench_train.main(argv) == 0
-    assert "enc-linear state MiB" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "enc-linear state MiB" in printed and "spread" in printed
     report = json.loads(path.read_text())
     rows = {r["variant"]: r for r in report["rows"]}
     assert set(rows) == {"dense", "static_b16", "dynsp_b16"}
@@ -96,3 +97,26 @@ def test_data_free_components_come_from_the_same_builder(tmp_path):
     assert int(fake["input_ids"].max()) < cfg.model.vocab_size
     pos = fake["masked_lm_positions"]
     assert bool((pos > 0).all()) and all(len(set(r.tolist())) == r.numel() for r in pos)
+
+
+def _row(variant, ratio, spread, steps=5, updates=0):
+    return {"size": "mini", "variant": variant, "sequences_per_second_median_vs_dense": ratio,
+            "step_time_spread": spread, "steps": steps, "n_updates": updates}
+
+
+def test_a_ratio_within_the_spread_is_flagged():
+    """Issue 11: 2 steps reported DynSp 1.96x and static 1.16x dense without a warning."""
+    rows = [_row("dense", 1.0, 0.10), _row("static_b16", 1.16, 0.15),
+            _row("dynsp_b16", 1.96, 0.2, updates=1), _row("static_b1", 0.5, 0.05)]
+    warnings = bench_train.noise_warnings(rows)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: mini static_b16: 1.16x")
+    short = [_row("dense", 1.0, 0.0, steps=2), _row("dynsp_b16", 1.96, 0.0, steps=2, updates=1)]
+    (line,) = bench_train.noise_warnings(short)
+    assert "fewer than 3 timed steps" in line
+
+
+def test_step_time_spread():
+    from dynsp_tools.benchlib.training import StepTiming
+
+    timing = StepTiming(4, 8, 1.0, step_seconds=[1.0, 2.0, 1.5, 9.0], update_steps=[3])
+    assert timing.spread() == pytest.approx(1.0 / 1.5)

@@ -133,13 +133,21 @@ class StepTiming:
         times = [s for i, s in enumerate(self.step_seconds) if i not in skip] or self.step_seconds
         return statistics.median(times)
 
+    def spread(self) -> float:
+        """(max - min) / median of the step times without a pattern update: how much
+        one step's time varies (a shared machine's load bursts); 0 with one step."""
+        skip = set(self.update_steps)
+        times = [s for i, s in enumerate(self.step_seconds) if i not in skip] or self.step_seconds
+        return (max(times) - min(times)) / max(statistics.median(times), 1e-12)
+
     def as_dict(self) -> dict[str, Any]:
         median = self.median_step_seconds()
         return {"steps": self.steps, "sequences": self.sequences, "seconds": self.seconds,
                 "sequences_per_second": self.sequences_per_second,
                 "sequences_per_second_no_updates": self.sequences_per_second_no_updates,
                 "sequences_per_second_median": self.sequences / max(self.steps * median, 1e-12),
-                "median_step_s": median, "n_updates": len(self.update_steps),
+                "median_step_s": median, "step_time_spread": self.spread(),
+                "n_updates": len(self.update_steps),
                 "update_steps": self.update_steps, "update_time_s": self.update_seconds,
                 "update_fraction": self.update_seconds / max(self.seconds, 1e-12)}
 
