@@ -43,32 +43,16 @@ def _collect_parser() -> argparse.ArgumentParser:
     return p
 
 
-def collect(root: Path, out: Path | None = None, figures: bool = True) -> list[Path]:
-    """Tables (and figures) of the runs under `root`, in `out` (default root/results)."""
-    from bert_ipu.sweep.collect import aggregate, collect_runs
-    from bert_ipu.sweep.tables import write_tables
-
-    rows, keys = collect_runs(root)
-    if not rows:
-        raise FileNotFoundError(f"{root}: no run folders (config.yaml) found")
-    out = out or root / "results"
-    points = aggregate(rows, keys)
-    paths = write_tables(rows, points, keys, out)
-    if figures:
-        from bert_ipu.sweep.figures import draw_all
-
-        paths += draw_all(rows, points, out)
-    return paths
-
-
 def _main_collect(argv: list[str]) -> int:
+    from bert_ipu.sweep.results import write_results
+
     args = _collect_parser().parse_args(argv)
     root = Path(args.dir)
     if not root.is_dir():
         print(f"error: collect: DIR must be a folder of runs, got {args.dir!r}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        paths = collect(root, Path(args.out) if args.out else None, not args.no_figures)
+        paths = write_results(root, args.out, not args.no_figures)
     except (OSError, ImportError) as err:
         print(f"error: collect: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -78,6 +62,7 @@ def _main_collect(argv: list[str]) -> int:
 
 def _main_run(argv: list[str]) -> int:
     from bert_ipu.config import ConfigError
+    from bert_ipu.sweep.results import write_results
     from bert_ipu.sweep.runner import command, plan_lines, run_state, run_sweep
     from bert_ipu.sweep.spec import expand_sweep, load_sweep
 
@@ -104,7 +89,8 @@ def _main_run(argv: list[str]) -> int:
     failed = sorted(i for i, c in codes.items() if c != 0)
     if not args.no_collect and root.is_dir():
         try:
-            print(f"collected: {', '.join(str(p) for p in collect(root))}", file=sys.stderr)
+            paths = write_results(root)
+            print(f"collected: {', '.join(str(p) for p in paths)}", file=sys.stderr)
         except (OSError, ImportError) as err:
             print(f"warning: collect failed: {err}", file=sys.stderr)
     if failed:

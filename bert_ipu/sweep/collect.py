@@ -4,7 +4,8 @@ deviations over seeds per point (the settings that vary, seeds excepted).
 Read per run folder: `config.yaml` (what varies), `summary.json` (steps, sequences, total
 training FLOPs, sequences/s, final held-out evaluation, final DOF), `metrics.jsonl` (the
 removed-new fraction, averaged over pattern updates) and the runner's `sweep_run.json`
-(wall time, a failure). A folder with a config but no summary is listed as unfinished.
+(wall time, a failure). A folder with a config or a runner record but no summary is listed as unfinished (a
+run that failed before writing its config has only the runner's record).
 """
 from __future__ import annotations
 
@@ -111,8 +112,8 @@ def collect_runs(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """(one row per run folder under `root`, the varying keys). Each row holds the varying
     settings under their dotted keys, then the METRICS and `run`, `status`, `seed`."""
     root = Path(root)
-    dirs = sorted(p.parent for p in root.rglob("config.yaml")
-                  if "checkpoints" not in p.relative_to(root).parts)
+    found = [p.parent for name in ("config.yaml", RUN_RECORD) for p in root.rglob(name)]
+    dirs = sorted({d for d in found if "checkpoints" not in d.relative_to(root).parts})
     configs = []
     for d in dirs:
         try:
@@ -120,7 +121,7 @@ def collect_runs(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
                                             str(d / "config.yaml")) or {})
         except (OSError, ValueError):
             configs.append({})
-    keys = varying_keys(configs)
+    keys = varying_keys([c for c in configs if c])  # a run that failed early has none
     rows = []
     for d, c in zip(dirs, configs):
         flat = _flatten(c)

@@ -5,7 +5,11 @@ Each run is `python -m bert_ipu.pretrain --config BASE OVERRIDES...` in a child 
 appended to `<output_dir>/sweep.log`. Per run:
 
 * `summary.json` present with all its steps: finished, skipped;
-* a checkpoint present: resumed (`checkpoint.resume_training_from_checkpoint=latest`);
+* `summary.json` of fewer steps (the sweep was lengthened): started again; the trainer
+  moves the earlier run's files to `checkpoints/previous-<time>/` (a DynSp schedule
+  depends on the total steps, so the old checkpoints cannot be continued);
+* a checkpoint present (an interrupted or failed run): resumed
+  (`checkpoint.resume_training_from_checkpoint=latest`);
 * otherwise started.
 
 `<output_dir>/sweep_run.json` records the last attempt: exit code, status, wall seconds
@@ -35,9 +39,9 @@ def run_state(run: SweepRun) -> str:
     out = run.output_dir
     try:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        if int(summary.get("steps", -1)) >= run.config.training.training_steps:
-            return "done"
-    except (OSError, ValueError, TypeError):
+        steps = int(summary.get("steps", -1))
+        return "done" if steps >= (run.config.training.training_steps or 0) else "start"
+    except (OSError, ValueError, TypeError, AttributeError):
         pass
     ckpts = out / "checkpoints"
     has = ckpts.is_dir() and any(p.is_dir() for p in ckpts.glob("step_*"))

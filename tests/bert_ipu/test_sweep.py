@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bert_ipu.config import ConfigError, load_config, save_config
-from bert_ipu.sweep.__main__ import collect, main
+from bert_ipu.sweep.__main__ import main
+from bert_ipu.sweep.results import write_results
 from bert_ipu.sweep.collect import aggregate, collect_runs
 from bert_ipu.sweep.runner import RESUME, command, run_state
 from bert_ipu.sweep.spec import expand_sweep
@@ -89,7 +90,7 @@ def test_run_state_skips_finished_and_resumes_interrupted(tmp_path):
     (run.output_dir / "checkpoints" / "step_00000004").mkdir(parents=True)
     assert run_state(run) == "resume" and command(run, resume=True)[-1] == RESUME
     (run.output_dir / "summary.json").write_text(json.dumps({"steps": 4}))
-    assert run_state(run) == "resume"  # an earlier, shorter run is continued
+    assert run_state(run) == "start"  # lengthened: a new run (the trainer archives the old)
     (run.output_dir / "summary.json").write_text(json.dumps({"steps": 10}))
     assert run_state(run) == "done"
 
@@ -136,7 +137,7 @@ def test_collector_means_and_std_over_seeds(fake_sweep):
 
 
 def test_collect_writes_tables_and_figures(fake_sweep):
-    paths = {p.name: p for p in collect(fake_sweep)}
+    paths = {p.name: p for p in write_results(fake_sweep)}
     assert {"runs.csv", "points.csv", "results.md", "pareto.png", "curves.png",
             "n_updates.png"} <= set(paths)
     md = paths["results.md"].read_text()
