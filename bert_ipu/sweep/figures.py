@@ -24,17 +24,30 @@ __all__ = ["draw_all", "pareto", "against_setting", "block_sizes"]
 MARKERS = {"dense": "o", "static": "s", "dynamic": "^"}
 
 
-def _series(points: list[dict[str, Any]], x: str) -> dict[str, list[dict[str, Any]]]:
-    """Finished points with a loss and an `x`, by method, each sorted by `x`."""
+def _line_name(point: dict[str, Any], x: str) -> str:
+    """The method and every other varying setting than `x`: points on one line differ in x only."""
+    others = [part for part in str(point.get("label", "")).split(", ")
+              if part and part != "base" and not part.startswith(f"{x}=")
+              and not part.startswith(("method=", "sparsity="))]
+    head = str(point.get("method")) + ("" if point.get("method") == "dense"
+                                      else f" s={point.get('sparsity')}")
+    return ", ".join([head] + others)
+
+
+def _series(points: list[dict[str, Any]], x: str, by_method: bool = False
+            ) -> dict[str, list[dict[str, Any]]]:
+    """Finished points with a loss and an `x`, one line per method (by_method) or per
+    `_line_name`, each sorted by `x`."""
     out: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         if p.get("mlm_loss") is not None and p.get(x) is not None:
-            out.setdefault(str(p.get("method")), []).append(p)
+            name = str(p.get("method")) if by_method else _line_name(p, x)
+            out.setdefault(name, []).append(p)
     return {m: sorted(ps, key=lambda p: p[x]) for m, ps in sorted(out.items())}
 
 
 def _pareto_panel(ax: Any, points: list[dict[str, Any]], x: str, xlabel: str) -> None:
-    for method, ps in _series(points, x).items():
+    for method, ps in _series(points, x, by_method=True).items():
         style = "-" if method == "dense" else ""
         ax.errorbar([p[x] for p in ps], [p["mlm_loss"] for p in ps],
                     yerr=[p.get("mlm_loss_std") or 0.0 for p in ps], fmt=MARKERS.get(method, "x") + style,
@@ -63,14 +76,9 @@ def pareto(points: list[dict[str, Any]], out: Path) -> Path:
 
 def against_setting(points: list[dict[str, Any]], setting: str, xlabel: str, out: Path) -> Path:
     """`<setting>.png`: MLM loss (left), final DOF and removed-new fraction (right) vs
-    a DynSp setting; one line per method and sparsity."""
+    a DynSp setting; one line per combination of the other varying settings."""
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.5))
-    lines: dict[str, list[dict[str, Any]]] = {}
-    for p in points:
-        if p.get(setting) is not None and p.get("mlm_loss") is not None:
-            lines.setdefault(f"{p.get('method')} s={p.get('sparsity')}", []).append(p)
-    for name, ps in sorted(lines.items()):
-        ps.sort(key=lambda p: p[setting])
+    for name, ps in _series(points, setting).items():
         xs = [p[setting] for p in ps]
         left.errorbar(xs, [p["mlm_loss"] for p in ps], yerr=[p.get("mlm_loss_std") or 0 for p in ps],
                       fmt="o-", capsize=3, label=name)
@@ -80,8 +88,8 @@ def against_setting(points: list[dict[str, Any]], setting: str, xlabel: str, out
             right.plot(xs, [p.get("removed_new_fraction") for p in ps], "s--",
                        label=f"removed-new fraction, {name}")
     left.set(xlabel=xlabel, ylabel="held-out MLM loss (final)", title="loss")
-    right.set(xlabel=xlabel, ylabel="fraction", title="explored DOF (final) and removed-new "
-              "fraction (mean over updates)")
+    right.set(xlabel=xlabel, ylabel="fraction",
+              title="DOF (final), removed-new fraction (mean over updates)")
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
@@ -93,7 +101,7 @@ def block_sizes(points: list[dict[str, Any]], out: Path) -> Path:
     """block_size.png: MLM loss per block size, one line per method, FLOPs in the legend."""
     fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
     for method, ps in _series(points, "block_size").items():
-        flops = ", ".join(f"{p['total_flops']:.2g}" for p in ps if p.get("total_flops"))
+        flops = ", ".join(sorted({f"{p['total_flops']:.2g}" for p in ps if p.get("total_flops")}))
         ax.errorbar([str(p["block_size"]) for p in ps], [p["mlm_loss"] for p in ps],
                     yerr=[p.get("mlm_loss_std") or 0 for p in ps], fmt="o-", capsize=3,
                     label=f"{method} (FLOPs {flops})")
