@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bert_ipu.config import ConfigError
 from bert_ipu.sweep.results import write_results
-from bert_ipu.sweep.runner import RUN_RECORD, plan_lines, run_sweep
+from bert_ipu.sweep.runner import RUN_RECORD, plan_lines, run_state, run_sweep
 from bert_ipu.sweep.spec import SweepRun, expand_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,10 +73,10 @@ def run_seconds(runs: list[SweepRun]) -> tuple[float, list[str]]:
         try:
             record = json.loads((r.output_dir / RUN_RECORD).read_text())
             total += float(record["wall_s"])
-            if record["status"] != "finished":
-                missing.append(f"{r.output_dir} ({record['status']})")
         except (OSError, ValueError, KeyError):
-            missing.append(f"{r.output_dir} (not run)")
+            record = {}  # run outside the runner (its time is not known) or not run
+        if run_state(r) != "done":
+            missing.append(f"{r.output_dir} ({record.get('status', 'not run')})")
     return total, missing
 
 
