@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 KSTAMP := $(VENV)/.kernels-$(shell cksum requirements-kernels.txt | cut -d' ' -f1)
 CONFIG ?= configs/demo.yaml
+SUITE ?= cpu
 
-.PHONY: pretrain test test-slow test-kernels test-all bench flops clean-venv
+.PHONY: pretrain test test-slow test-kernels test-all bench flops reproduce clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,12 @@ test-all: test test-slow test-kernels
 
 bench: $(STAMP)
 	$(PY) -m dynsp_tools.bench_ops --quick
+
+# The reproduction suite (docs/results/README.md): resumable, run it again after a stop.
+# In the background: nohup make reproduce > runs/reproduce.log 2>&1 &
+reproduce: $(STAMP)
+	mkdir -p runs
+	nice $(PY) -m dynsp_tools.reproduce --suite $(SUITE) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

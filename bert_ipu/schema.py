@@ -94,7 +94,15 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 # Dumped floats must read back as floats: PyYAML writes 1e-05 as "1.0e-05", which our
-# YAML 1.2 float pattern accepts.
+# YAML 1.2 float pattern accepts. The dumper resolves plain scalars as the loader does, so
+# a string the loader would read as a number or a bool ("0E0", "1e5") is quoted.
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper whose implicit resolvers are the loader's."""
+
+
+_Dumper.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
 
 
 def _yaml_error(source: str, err: yaml.YAMLError) -> ConfigError:
@@ -116,7 +124,8 @@ def parse_yaml_value(text: str, source: str) -> Any:
 
 def dump_yaml(data: Mapping[str, Any]) -> str:
     """YAML text for a plain dict (key order kept) that `parse_yaml_value` reads back."""
-    return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False, width=100)
+    return yaml.dump(dict(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     width=100)
 
 
 # ---------------------------------------------------------------- files, extends, overrides

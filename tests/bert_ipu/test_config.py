@@ -259,6 +259,12 @@ def test_yaml_dialect_floats_and_booleans(tmp_path):
     assert cfg.name == "no" and cfg.training.learning_rate == 1e-4 and cfg.training.compile
 
 
+def test_dumped_strings_that_look_like_numbers_or_bools_read_back_as_strings():
+    data = {"a": ["0E0", "1e5", "true", "007", ".5", "yes", "on"], "b": 1e-05, "c": True}
+    text = dump_yaml(data)
+    assert parse_yaml_value(text, "dump") == data and "'0E0'" in text and "- yes" in text
+
+
 @pytest.mark.parametrize("override,words", [
     ("training.learning_rate", "KEY=VALUE"),
     ("=3", "not a dotted key"),

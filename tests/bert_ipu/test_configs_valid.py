@@ -7,11 +7,11 @@ import pytest
 
 from bert_ipu.config import load_config, save_config
 from bert_ipu.data import DataConfig
-from bert_ipu.sweeps import expand_sweep
+from bert_ipu.sweep.spec import expand_sweep
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if "sweeps" not in p.parts)
-SWEEPS = sorted((CONFIGS / "sweeps").glob("*.yaml"))
+SWEEPS = sorted((CONFIGS / "sweeps").rglob("*.yaml"))
 SIZES = ("tiny", "mini", "small", "medium", "base")
 DENSE_LR = {"mini": 8e-4, "small": 4e-4, "medium": 2e-4, "base": 1e-4}
 
@@ -90,9 +90,10 @@ def test_single_source_configs_give_the_data_pipeline_its_config(name):
 def test_sweeps_expand_to_valid_distinct_runs(path):
     runs = expand_sweep(path)
     assert len(runs) > 1
-    configs = [load_config(config, overrides) for config, overrides in runs]
+    configs = [r.config for r in runs]
+    assert configs == [load_config(r.config_path, list(r.overrides)) for r in runs]
     assert len({c.output_dir for c in configs}) == len(configs)
-    assert len({(c.sparsity.sparsity, c.training.learning_rate) for c in configs}) == len(runs)
+    assert len({(r.point, r.seed) for r in runs}) == len(runs)
 
 
 def test_bad_sweeps_fail_before_launch(tmp_path):
@@ -110,5 +111,5 @@ def test_bad_sweeps_fail_before_launch(tmp_path):
     runs = tmp_path / "runs.yaml"
     runs.write_text(f"config: {base}\nruns:\n  - [model.size=mini]\n"
                     "  - [model.size=tiny, name=t]\n")
-    (_, first), (_, second) = expand_sweep(runs)
+    first, second = (r.overrides for r in expand_sweep(runs))
     assert "name=runs_000" in first and "name=t" in second and "name=runs_001" not in second

@@ -1,0 +1,162 @@
+"""Collect a sweep's run folders into one table: a row per run, and means / standard
+deviations over seeds per point (the settings that vary, seeds excepted).
+
+Read per run folder: `config.yaml` (what varies), `summary.json` (steps, sequences, total
+training FLOPs, sequences/s, final held-out evaluation, final DOF), `metrics.jsonl` (the
+removed-new fraction, averaged over pattern updates) and the runner's `sweep_run.json`
+(wall time, a failure). A folder with a config or a runner record but no summary is listed as unfinished (a
+run that failed before writing its config has only the runner's record).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bert_ipu.model.sizes import MODEL_SIZES
+from bert_ipu.schema import parse_yaml_value
+from bert_ipu.sweep.runner import RUN_RECORD
+
+__all__ = ["collect_runs", "varying_keys", "aggregate", "point_label", "CONTEXT", "METRICS", "read_metrics"]
+
+# Settings that never define a point: identity, seeds, bookkeeping.
+IGNORED_PREFIXES = ("name", "output_dir", "training.seed", "data.seed", "sparsity.seed",
+                    "checkpoint.", "logging.", "data.cache_dir", "data.num_workers")
+# Always in a row (also when they do not vary): what the figures group and label by.
+CONTEXT = {"method": "sparsity.method", "sparsity": "sparsity.sparsity", "size": "model.size",
+           "block_size": "sparsity.block_size", "regrow": "sparsity.regrow",
+           "n_updates": "sparsity.n_updates", "prune_ratio": "sparsity.prune_ratio",
+           "inactive": "sparsity.inactive", "freeze_until_step": "sparsity.freeze_until_step",
+           "freeze_from_step": "sparsity.freeze_from_step"}
+METRICS = ("steps", "sequences", "total_flops", "nonembedding_params", "mlm_loss",
+           "mlm_accuracy", "nsp_loss", "nsp_accuracy", "dof", "removed_new_fraction",
+           "wall_s", "sequences_per_second")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of `metrics.jsonl` (empty when missing); unreadable lines are skipped."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def nonembedding_params(config: dict[str, Any]) -> float:
+    """Active weights of the encoder's fully connected layers: L (4 H^2 + 2 H I) (1 - s)."""
+    model = config.get("model", {})
+    size = MODEL_SIZES.get(model.get("size") or "", None)
+    h = model.get("hidden_size") or (size.hidden_size if size else 0)
+    layers = model.get("num_hidden_layers") or (size.num_hidden_layers if size else 0)
+    inter = model.get("intermediate_size") or 4 * h
+    density = 1.0 - float(config.get("sparsity", {}).get("sparsity") or 0.0)
+    return float(layers * (4 * h * h + 2 * h * inter) * density)
+
+
+def _run_row(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    summary = _json(run_dir / "summary.json") or {}
+    record = _json(run_dir / RUN_RECORD) or {}
+    final = summary.get("final_eval") or {}
+    fractions = [r["removed_new_fraction"] for r in read_metrics(run_dir)
+                 if r.get("removed_new_fraction") is not None]
+    seqs, rate = summary.get("sequences"), summary.get("sequences_per_second")
+    wall = record.get("wall_s") or (seqs / rate if seqs and rate else None)
+    status = "finished" if summary else record.get("status", "unfinished")
+    return {"run": str(run_dir), "status": status,
+            "seed": config.get("training", {}).get("seed"),
+            "steps": summary.get("steps"), "sequences": seqs,
+            "total_flops": summary.get("total_flops"),
+            "nonembedding_params": nonembedding_params(config),
+            **{k: final.get(k) for k in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")},
+            "dof": summary.get("dof_mean"),
+            "removed_new_fraction": sum(fractions) / len(fractions) if fractions else None,
+            "wall_s": wall, "sequences_per_second": rate}
+
+
+def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Dotted config keys whose values differ between runs (seeds and names excepted)."""
+    flat = [_flatten(c) for c in configs]
+    keys = sorted({k for f in flat for k in f})
+    return [k for k in keys if not k.startswith(IGNORED_PREFIXES)
+            and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+
+
+def collect_runs(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(one row per run folder under `root`, the varying keys). Each row holds the varying
+    settings under their dotted keys, then the METRICS and `run`, `status`, `seed`."""
+    root = Path(root)
+    found = [p.parent for name in ("config.yaml", RUN_RECORD) for p in root.rglob(name)]
+    dirs = sorted({d for d in found if "checkpoints" not in d.relative_to(root).parts})
+    configs = []
+    for d in dirs:
+        try:
+            configs.append(parse_yaml_value((d / "config.yaml").read_text(encoding="utf-8"),
+                                            str(d / "config.yaml")) or {})
+        except (OSError, ValueError):
+            configs.append({})
+    keys = varying_keys([c for c in configs if c])  # a run that failed early has none
+    rows = []
+    for d, c in zip(dirs, configs):
+        flat = _flatten(c)
+        context = {name: flat.get(key) for name, key in CONTEXT.items()}
+        rows.append({**{k: flat.get(k) for k in keys}, **context, **_run_row(d, c)})
+    return rows, keys
+
+
+def point_label(row: dict[str, Any], keys: list[str]) -> str:
+    """`key=value` of the varying settings, last dotted part of each key only."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={row.get(k)}" for k in keys) or "base"
+
+
+def _stats(values: list[Any]) -> tuple[float | None, float | None]:
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """One row per point (finished runs only): the varying settings, `n` seeds, `seeds`,
+    and `<metric>` (mean) with `<metric>_std` (sample std; None for one seed)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "finished":
+            groups.setdefault(tuple(json.dumps(r.get(k), default=str) for k in keys), []).append(r)
+    out = []
+    for members in groups.values():
+        row: dict[str, Any] = {k: members[0].get(k) for k in keys + list(CONTEXT)}
+        row["label"] = point_label(members[0], keys)
+        row["runs"] = [m["run"] for m in members]
+        row["n"] = len(members)
+        row["seeds"] = " ".join(str(m["seed"]) for m in members)
+        for m in METRICS:
+            row[m], row[f"{m}_std"] = _stats([x.get(m) for x in members])
+        out.append(row)
+    return out

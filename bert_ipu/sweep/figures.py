@@ -1,0 +1,131 @@
+"""Figures of a collected sweep (PNG, matplotlib): each titled and labelled so that it
+reads without the code. Which figures are drawn depends on what the sweep varies:
+
+* `pareto.png` (always): held-out MLM loss against training FLOPs and against active
+  non-embedding (encoder) weights, log x; dense as a line through its points (model
+  sizes), static and DynSp as points; error bars = std over seeds;
+* `n_updates.png` / `prune_ratio.png` (when that setting varies): MLM loss, final DOF
+  and the removed-new fraction against it;
+* `block_size.png` (when the block size varies): MLM loss per block size (equal FLOPs);
+* curves.py: `curves.png`, `dof_curves.png`, `pattern.png`.
+
+Points are the rows of `collect.aggregate`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bert_ipu.sweep import curves
+from bert_ipu.sweep.plotting import pyplot, save_figure
+
+__all__ = ["draw_all", "pareto", "against_setting", "block_sizes"]
+
+MARKERS = {"dense": "o", "static": "s", "dynamic": "^"}
+
+
+def _line_name(point: dict[str, Any], x: str) -> str:
+    """The method and every other varying setting than `x`: points on one line differ in x only."""
+    others = [part for part in str(point.get("label", "")).split(", ")
+              if part and part != "base" and not part.startswith(f"{x}=")
+              and not part.startswith(("method=", "sparsity="))]
+    head = str(point.get("method")) + ("" if point.get("method") == "dense"
+                                      else f" s={point.get('sparsity')}")
+    return ", ".join([head] + others)
+
+
+def _series(points: list[dict[str, Any]], x: str, by_method: bool = False
+            ) -> dict[str, list[dict[str, Any]]]:
+    """Finished points with a loss and an `x`, one line per method (by_method) or per
+    `_line_name`, each sorted by `x`."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        if p.get("mlm_loss") is not None and p.get(x) is not None:
+            name = str(p.get("method")) if by_method else _line_name(p, x)
+            out.setdefault(name, []).append(p)
+    return {m: sorted(ps, key=lambda p: p[x]) for m, ps in sorted(out.items())}
+
+
+def _pareto_panel(ax: Any, points: list[dict[str, Any]], x: str, xlabel: str) -> None:
+    for method, ps in _series(points, x, by_method=True).items():
+        style = "-" if method == "dense" else ""
+        ax.errorbar([p[x] for p in ps], [p["mlm_loss"] for p in ps],
+                    yerr=[p.get("mlm_loss_std") or 0.0 for p in ps], fmt=MARKERS.get(method, "x") + style,
+                    capsize=3, label=method)
+        for p in ps:
+            text = p.get("label") or f"{p.get('size')} s={p.get('sparsity')}"
+            ax.annotate(text, (p[x], p["mlm_loss"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(pyplot().NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("held-out MLM loss (final)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def pareto(points: list[dict[str, Any]], out: Path) -> Path:
+    """pareto.png: MLM loss vs training FLOPs | vs active non-embedding weights."""
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.5))
+    _pareto_panel(axes[0], points, "total_flops", "total training FLOPs (log)")
+    _pareto_panel(axes[1], points, "nonembedding_params",
+                  "active non-embedding (encoder FC) weights (log)")
+    fig.suptitle("Held-out MLM loss at equal cost; error bars: std over seeds")
+    return save_figure(fig, out / "pareto.png")
+
+
+def against_setting(points: list[dict[str, Any]], setting: str, xlabel: str, out: Path) -> Path:
+    """`<setting>.png`: MLM loss (left), final DOF and removed-new fraction (right) vs
+    a DynSp setting; one line per combination of the other varying settings."""
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.5))
+    for name, ps in _series(points, setting).items():
+        xs = [p[setting] for p in ps]
+        left.errorbar(xs, [p["mlm_loss"] for p in ps], yerr=[p.get("mlm_loss_std") or 0 for p in ps],
+                      fmt="o-", capsize=3, label=name)
+        if any(p.get("dof") is not None for p in ps):
+            right.errorbar(xs, [p.get("dof") for p in ps], yerr=[p.get("dof_std") or 0 for p in ps],
+                           fmt="^-", capsize=3, label=f"DOF, {name}")
+            right.plot(xs, [p.get("removed_new_fraction") for p in ps], "s--",
+                       label=f"removed-new fraction, {name}")
+    left.set(xlabel=xlabel, ylabel="held-out MLM loss (final)", title="loss")
+    right.set(xlabel=xlabel, ylabel="fraction",
+              title="DOF (final), removed-new fraction (mean over updates)")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"DynSp against {xlabel}; error bars: std over seeds")
+    return save_figure(fig, out / f"{setting}.png")
+
+
+def block_sizes(points: list[dict[str, Any]], out: Path) -> Path:
+    """block_size.png: MLM loss per block size, one line per method, FLOPs in the legend."""
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
+    for method, ps in _series(points, "block_size").items():
+        flops = ", ".join(sorted({f"{p['total_flops']:.2g}" for p in ps if p.get("total_flops")}))
+        ax.errorbar([str(p["block_size"]) for p in ps], [p["mlm_loss"] for p in ps],
+                    yerr=[p.get("mlm_loss_std") or 0 for p in ps], fmt="o-", capsize=3,
+                    label=f"{method} (FLOPs {flops})")
+    ax.set(xlabel="block size B (B x B blocks)", ylabel="held-out MLM loss (final)",
+           title="Block size at equal FLOPs; error bars: std over seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out / "block_size.png")
+
+
+def _varies(points: list[dict[str, Any]], key: str) -> bool:
+    return len({str(p.get(key)) for p in points if p.get(key) is not None}) > 1
+
+
+def draw_all(rows: list[dict[str, Any]], points: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Every figure that this sweep's variation supports, written to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [pareto(points, out), curves.training_curves(rows, points, out)]
+    for setting, label in (("n_updates", "number of pattern updates n"),
+                           ("prune_ratio", "initial pruning ratio")):
+        if _varies(points, setting):
+            paths.append(against_setting(points, setting, label, out))
+    if _varies(points, "block_size"):
+        paths.append(block_sizes(points, out))
+    if _varies(points, "regrow"):
+        paths += [curves.dof_curves(rows, out), curves.patterns(points, out)]
+    return [p for p in paths if p is not None]

@@ -1,0 +1,35 @@
+"""Issue 9: the reproduction suite's driver validates every sweep before running any
+and records how the suite was run."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from bert_ipu.config import load_config
+from bert_ipu.sweep.spec import expand_sweep
+from dynsp_tools import reproduce
+
+
+def test_dry_run_plans_every_sweep_of_both_suites(capsys):
+    assert reproduce.main(["--dry-run"]) == 0
+    plan = capsys.readouterr().err
+    for name in reproduce.ORDER:
+        assert f"{name}: " in plan
+    assert plan.count("  start  ") + plan.count("  done  ") + plan.count("  resume") == 44
+    assert reproduce.main(["--suite", "gpu", "--dry-run", "--only", "pareto"]) == 0
+    assert "pareto: 15 runs" in capsys.readouterr().err
+
+
+def test_run_md_names_commit_machine_and_unfinished_runs(tmp_path):
+    runs = expand_sweep(reproduce.ROOT / "configs" / "sweeps" / "cpu" / "regrow.yaml")
+    # the sweep's runs moved to tmp_path; run 0 has the runner's record of a failure
+    moved = [replace(r, config=load_config(r.config_path, list(r.overrides) +
+                                            [f"output_dir={tmp_path / str(i)}"]))
+             for i, r in enumerate(runs)]
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "sweep_run.json").write_text(json.dumps({"status": "failed", "wall_s": 90}))
+    reproduce.write_run_md(tmp_path / "RUN.md", "cpu", {"regrow": moved}, 120.0)
+    text = (tmp_path / "RUN.md").read_text()
+    assert f"commit: `{reproduce.commit()}`" in text and "cores" in text
+    assert "| regrow | 4 | 1.5 |" in text and f"{tmp_path / '0'} (failed)" in text
+    assert f"{tmp_path / '1'} (not run)" in text

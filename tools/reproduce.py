@@ -1,0 +1,124 @@
+"""The reproduction suite, unattended and resumable (`make reproduce`, docs/results/README.md).
+
+    python -m dynsp_tools.reproduce [--suite cpu|gpu] [--only NAME ...] [--dry-run] [--jobs N]
+
+Every sweep of configs/sweeps/<suite>/ is validated first (a bad file stops everything,
+exit 2, before any run); then, in order (lr first), each sweep runs its unfinished runs
+(finished ones are skipped, interrupted ones resume from their checkpoint, a failure is
+recorded and the suite carries on) and is collected into docs/results/<suite>/<name>/
+(tables and figures). docs/results/<suite>/RUN.md records the commit, the machine, the
+wall time of this invocation and the summed run time of every sweep. Run it again after
+a stop: it continues where it was.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bert_ipu.config import ConfigError
+from bert_ipu.sweep.results import write_results
+from bert_ipu.sweep.runner import RUN_RECORD, plan_lines, run_state, run_sweep
+from bert_ipu.sweep.spec import SweepRun, expand_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ("lr", "pareto", "n_updates", "prune_ratio", "regrow", "ablations", "block_size")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dynsp_tools.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--only", nargs="+", choices=ORDER, help="these sweeps only")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--results", default=str(ROOT / "docs" / "results"),
+                   help="where tables, figures and RUN.md go (default docs/results)")
+    return p.parse_args(argv)
+
+
+def machine() -> str:
+    """CPU model, cores, accelerator and torch version, in one line."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{model}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_seconds(runs: list[SweepRun]) -> tuple[float, list[str]]:
+    """Summed wall seconds of the runs' attempts, and the runs not finished."""
+    total, missing = 0.0, []
+    for r in runs:
+        try:
+            record = json.loads((r.output_dir / RUN_RECORD).read_text())
+            total += float(record["wall_s"])
+        except (OSError, ValueError, KeyError):
+            record = {}  # run outside the runner (its time is not known) or not run
+        if run_state(r) != "done":
+            missing.append(f"{r.output_dir} ({record.get('status', 'not run')})")
+    return total, missing
+
+
+def write_run_md(path: Path, suite: str, sweeps: dict[str, list[SweepRun]], wall: float) -> None:
+    lines = [f"# {suite.upper()} suite: how it was run", "",
+             f"* commit: `{commit()}`", f"* machine: {machine()}",
+             f"* finished: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+             f"* wall time of the last invocation: {wall / 60:.1f} min", "",
+             "| sweep | runs | summed run time (min, all attempts) | not finished |", "|---|---|---|---|"]
+    for name, runs in sweeps.items():
+        seconds, missing = run_seconds(runs)
+        lines.append(f"| {name} | {len(runs)} | {seconds / 60:.1f} | {', '.join(missing) or '-'} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite; 0 all finished, 1 some run did not, 2 bad input."""
+    args = parse_args(argv)
+    folder = ROOT / "configs" / "sweeps" / args.suite
+    try:
+        sweeps = {n: expand_sweep(folder / f"{n}.yaml") for n in (args.only or ORDER)}
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, runs in sweeps.items():
+        print(f"{name}: {len(runs)} runs\n" + "\n".join(plan_lines(runs)), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    start, failed = time.monotonic(), 0
+    out = Path(args.results) / args.suite
+    for name, runs in sweeps.items():
+        codes = run_sweep(runs, args.jobs, log=lambda s: print(f"{name} {s}", file=sys.stderr, flush=True))
+        failed += sum(c != 0 for c in codes.values())
+        try:
+            write_results(runs[0].output_dir.parent, out / name)
+        except (OSError, ImportError) as err:
+            print(f"warning: {name}: collect failed: {err}", file=sys.stderr)
+        write_run_md(out / "RUN.md", args.suite, sweeps, time.monotonic() - start)
+    print(f"suite {args.suite}: {failed} runs did not finish; results in {out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
