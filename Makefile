@@ -1,4 +1,4 @@
-# The two commands: `make pretrain` (built-in demo) and `make test`.
+# The commands: `make pretrain` (built-in demo), `make finetune` (after it) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum 
 KSTAMP := $(VENV)/.kernels-$(shell cksum requirements-kernels.txt | cut -d' ' -f1)
 CONFIG ?= configs/demo.yaml
 
-.PHONY: pretrain test test-slow test-kernels test-all bench flops clean-venv
+.PHONY: pretrain finetune test test-slow test-kernels test-all bench flops clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ venv: $(STAMP)
 
 pretrain: $(STAMP)
 	$(PY) -m bert_ipu.pretrain --config $(CONFIG) $(ARGS)
+
+# After `make pretrain`: export runs/demo, fine-tune pre-trained vs randomly initialised
+# on the offline docstring-topic task (bert_ipu/finetune/demo.py); results in runs/demo/finetune.
+finetune: $(STAMP)
+	$(PY) -m bert_ipu.finetune.demo --run runs/demo --out runs/demo/finetune $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not kernels" $(ARGS)

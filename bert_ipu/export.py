@@ -47,5 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point (`bert-ipu-export`): main() and the exit code."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -75,3 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.output).write_text(text + "\n")
     print(json.dumps(results["final"]))
     return EXIT_OK
+
+
+def cli() -> None:
+    """Console entry point: main() and the exit code."""
+    sys.exit(main())
