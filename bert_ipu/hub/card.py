@@ -37,9 +37,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def model_card(facts: dict[str, Any]) -> str:
-    """README.md text: what the model is, how it was trained, how to load it."""
-    rows = [("layers / hidden / heads", f"{facts['layers']} / {facts['hidden_size']} / "
+def _rows(facts: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(label, value) lines of the card's table."""
+    return [("layers / hidden / heads", f"{facts['layers']} / {facts['hidden_size']} / "
              f"{facts['heads']}"), ("parameters (dense form)", facts["parameters"]),
             ("vocabulary", facts["vocab_size"]),
             ("max positions / trained sequence length",
@@ -54,7 +54,11 @@ def model_card(facts: dict[str, Any]) -> str:
             ("held-out MLM accuracy", facts["eval_mlm_accuracy"]),
             ("final mean DOF", facts["dof_mean"]),
             ("pattern updates", facts["pattern_updates"])]
-    table = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in rows)
+
+
+def model_card(facts: dict[str, Any]) -> str:
+    """README.md text: what the model is, how it was trained, how to load it."""
+    table = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in _rows(facts))
     files = "\n".join(f"| `{k}` | {v:,} |" for k, v in facts["file_bytes"].items())
     return f"""---
 library_name: transformers

@@ -40,6 +40,7 @@ def write_tokenizer(tokens: list[str], lowercase: bool, max_length: int, out: Pa
     tok = BertTokenizerFast(**{key: str(vocab)}, do_lower_case=lowercase,
                             model_max_length=max_length)
     tok.save_pretrained(str(out))
+    # transformers 4.x rewrites vocab.txt from its own vocabulary; ours is the reference.
     vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
     names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
     special = dict(zip(names, SPECIAL_TOKENS))  # SPECIAL_TOKENS is in this order
