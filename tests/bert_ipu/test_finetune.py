@@ -108,3 +108,15 @@ def test_bad_model_folder_and_json_labels(tmp_path, capsys):
     (tmp_path / "j" / "dev.json").write_text(json.dumps([{"text": "a", "label": 1}]))
     with pytest.raises(TaskError, match="expected an integer or string label, got \\[1\\]"):
         load_task(str(tmp_path / "j"))
+
+
+def test_demo_task_is_balanced_and_loads(tmp_path):
+    from bert_ipu.finetune.demo import PACKAGES, write_demo_task
+
+    counts = write_demo_task(tmp_path / "task", seed=0)
+    task = load_task(str(tmp_path / "task"))
+    assert sorted(task.label_names) == sorted(PACKAGES)
+    n = next(iter(counts.values()))
+    assert set(counts.values()) == {n} and n >= 50
+    assert len(task.train.labels) + len(task.eval.labels) == n * len(PACKAGES)
+    assert not set(task.train.texts_a) & set(task.eval.texts_a)  # no paragraph in both
