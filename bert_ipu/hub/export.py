@@ -62,6 +62,9 @@ def _write(src: Pretrained, tmp: Path, with_sparse: bool) -> dict[str, int]:
     facts = card.run_facts(src, sum(p.numel() for p in hf.parameters()), sizes)
     (tmp / "dynsp_run.json").write_text(json.dumps(facts, indent=1))
     (tmp / "README.md").write_text(card.model_card(facts), encoding="utf-8")
+    for file in tmp.rglob("*"):  # the weight writers create 0600 files; the folder is for sharing
+        if file.is_file():
+            file.chmod(0o644)
     return sizes
 
 
