@@ -67,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bert_ipu.finetune.demo", description=__doc__)
     p.add_argument("--run", default="runs/demo", help="pre-training run folder")
     p.add_argument("--out", default="runs/demo/finetune", help="results folder")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--epochs", type=float, default=4.0)
+    p.add_argument("--learning-rate", type=float, default=5e-4)
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_folder(src, out / "model", src.cfg.sparsity.method != "dense", overwrite=True)
         counts = write_demo_task(out / "task")
         task = load_task(str(out / "task"))
-        s = dict(epochs=args.epochs, learning_rate=args.learning_rate, max_length=128)
+        s = dict(epochs=args.epochs, learning_rate=args.learning_rate, max_length=96)
         results = {name: finetune(out / "model", task, FinetuneSettings(random_init=rnd, **s))
                    for name, rnd in (("pretrained", False), ("random_init", True))}
     except (HubError, TaskError, OSError) as exc:
