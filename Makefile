@@ -1,4 +1,4 @@
-# The two commands: `make pretrain` (built-in demo) and `make test`.
+# The commands: `make pretrain` (built-in demo), `make finetune` (after it) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ KSTAMP := $(VENV)/.kernels-$(shell cksum requirements-kernels.txt | cut -d' ' -f
 CONFIG ?= configs/demo.yaml
 SUITE ?= cpu
 
-.PHONY: pretrain test test-slow test-kernels test-all bench flops reproduce clean-venv
+.PHONY: pretrain finetune test test-slow test-kernels test-all bench flops reproduce clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ venv: $(STAMP)
 
 pretrain: $(STAMP)
 	$(PY) -m bert_ipu.pretrain --config $(CONFIG) $(ARGS)
+
+# After `make pretrain`: export runs/demo, fine-tune pre-trained vs randomly initialised
+# on the offline docstring-topic task (bert_ipu/finetune/demo.py); results in runs/demo/finetune.
+finetune: $(STAMP)
+	$(PY) -m bert_ipu.finetune.demo --run runs/demo --out runs/demo/finetune $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not kernels" $(ARGS)

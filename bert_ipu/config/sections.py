@@ -277,6 +277,13 @@ class CheckpointConfig:
     """Checkpoints kept on disk (older ones are deleted)."""
     resume_training_from_checkpoint: str | None = None
     """null, `latest` (newest valid one in checkpoint_output_dir) or a checkpoint PATH."""
+    init_from: str | None = None
+    """Start from pre-trained weights and sparsity patterns: a checkpoint folder, a run folder
+    or an exported folder (fresh optimizer, schedule and data; e.g. phase 2 at sequence
+    length 512). Ignored when the run resumes from its own checkpoint."""
+    export_dir: str | None = None
+    """At the end of the run, export a Hugging Face folder here (python -m bert_ipu.export;
+    sparse runs also get the compressed form)."""
 
     def __post_init__(self) -> None:
         coerce_fields(self, self.SECTION)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bert_ipu.config import Config, ConfigError
-from bert_ipu.data import PretrainingDataset, PretrainingLoader, build_datasets
+from bert_ipu.data import PretrainingDataset, PretrainingLoader, TokenizerInfo, build_datasets
 from bert_ipu.devices import Device, resolve_device
 from bert_ipu.devices import distributed as D
 from bert_ipu.model import build_model, encoder_linear_shapes, sparse_modules
@@ -55,6 +55,8 @@ class Components:
     """Training FLOPs per sequence from the model's actual nnz (sparse_ops.flops)."""
     runner: Any
     """The device's step runner (bert_ipu/train/step.py: TorchStepRunner, or the IPU's)."""
+    tokenizer: TokenizerInfo | None = None
+    """The run's vocabulary (kept in the output folder and every checkpoint); None without data."""
 
 
 def seed_everything(seed: int) -> None:
@@ -86,7 +88,7 @@ def check_pipeline(cfg: Config, info: D.DistInfo) -> D.DistInfo:
 
 
 def build_loaders(cfg: Config, info: D.DistInfo, log: Log
-                  ) -> tuple[PretrainingLoader, PretrainingDataset | None]:
+                  ) -> tuple[PretrainingLoader, PretrainingDataset | None, TokenizerInfo]:
     """Prepare the data once: every rank asks for it, and the cache's file lock lets the
     first prepare while the others wait and then reuse it (no collective is held open
     for the minutes a preparation can take)."""
@@ -103,7 +105,7 @@ def build_loaders(cfg: Config, info: D.DistInfo, log: Log
             f"{t.micro_batch_size}; lower it or use a larger corpus", "training.micro_batch_size")
     train = PretrainingLoader(train_ds, t.micro_batch_size, seed=cfg.data.seed_value, rank=info.rank,
                               world_size=info.world_size, num_workers=cfg.data.num_workers)
-    return train, eval_ds
+    return train, eval_ds, tok
 
 
 def total_training_steps(cfg: Config, loader: PretrainingLoader | None) -> int:
@@ -199,9 +201,13 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
     seed_everything(t.seed)
     check_before_data(cfg)
     quiet = log if info.is_main else (lambda s: None)
-    train, held_out = build_loaders(cfg, data_info, quiet) if data else (None, None)
+    train, held_out, tok = build_loaders(cfg, data_info, quiet) if data else (None, None, None)
     total = total_training_steps(cfg, train)
-    core = build_model(cfg.model, cfg.sparsity, seed=t.seed).to(device.torch_device)
+    core = build_model(cfg.model, cfg.sparsity, seed=t.seed)
+    if cfg.checkpoint.init_from:  # a resume then overwrites it with the run's own state
+        from bert_ipu.hub.init import init_from_pretrained
+        init_from_pretrained(core, cfg, tok, log)
+    core = core.to(device.torch_device)
     runner = device.step_runner(core, parameter_groups(core, t.weight_decay), cfg, info, log)
     return Components(
         cfg=cfg, device=device, dist=info, precision=runner.precision, model=runner.model,
@@ -214,4 +220,4 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
                                     **runner.dynsp_options),
         frozen=build_frozen_subset(cfg, core), train_loader=train, eval_dataset=held_out,
         total_steps=total, sequences_per_step=t.micro_batch_size * t.gradient_accumulation
-        * runner.replicas, flops=run_flops(cfg, core, total), runner=runner)
+        * runner.replicas, flops=run_flops(cfg, core, total), runner=runner, tokenizer=tok)

@@ -118,7 +118,7 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
     """Restore a checkpoint when asked, then open metrics and the progress bar."""
     state = TrainState()
     resumed = run_io.maybe_resume(c, state, out, log)
-    run_io.write_config(c.cfg, out)
+    run_io.write_config(c.cfg, out, c.tokenizer)
     main = c.dist.is_main
     metrics = MetricsWriter(out.output_dir, main, c.cfg.logging.tensorboard)
     # Records past the resumed step come from the interrupted run and are logged again;
@@ -295,4 +295,8 @@ def finish(run: Run) -> dict[str, Any]:
     summary = run_io.summary(run.c, run.state, run.timer, final_eval)
     if run.c.dist.is_main:
         run_io.write_final(run.out, final_eval, summary)
+        if run.c.cfg.checkpoint.export_dir:  # the Hugging Face folder (bert_ipu/hub)
+            from bert_ipu.hub.export import export_run_end
+            export_run_end(run.out.checkpoint_dir / run.last_saved.name,
+                           run.c.cfg.checkpoint.export_dir, print)
     return summary

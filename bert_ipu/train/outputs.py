@@ -3,6 +3,7 @@
 Output folder (`output_dir`):
 
     config.yaml      resolved config (defaults < YAML < CLI)
+    vocab.txt        the run's vocabulary (token id = line; also in every checkpoint)
     metrics.jsonl    one JSON object per logged step (and one at step 0 with the
                      initial evaluation)
     eval.json        the final held-out evaluation
@@ -31,6 +32,7 @@ from bert_ipu.train.metrics import Throughput, write_json
 from bert_ipu.train.resume_check import first_line, structural_differences
 from bert_ipu.train.runlock import RunLock
 from bert_ipu.train.state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
+from bert_ipu.train.vocab import VOCAB, check_same_vocab, vocab_text, vocab_tokens, write_run_vocab
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,13 @@ def prepare_outputs(cfg: Config, resume_command: str | None = None) -> RunOutput
     return RunOutputs(out, ckpt, resume_command, lock)
 
 
-def write_config(cfg: Config, out: RunOutputs) -> None:
-    """The resolved config.yaml of this run (rank 0), written after set-up and resume."""
+def write_config(cfg: Config, out: RunOutputs, tok: Any = None) -> None:
+    """The resolved config.yaml and vocab.txt of this run (rank 0), written after set-up
+    and resume (`tok`: the run's TokenizerInfo, None without data)."""
     if int(os.environ.get("RANK", 0)) == 0:
         save_config(cfg, out.output_dir / "config.yaml")
+        if tok is not None:
+            write_run_vocab(tok, out.output_dir)
 
 
 def batch_stream(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
@@ -107,8 +112,10 @@ def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
         "controller": None if c.controller is None else c.controller.state_dict(),
         "frozen": None if c.frozen is None else c.frozen.state_dict(),
     }
+    vocab = {} if c.tokenizer is None else {VOCAB: vocab_text(c.tokenizer)}
     return {
         **c.runner.checkpoint_files(c.controller),  # a pipeline's per-stage files (collective)
+        **vocab,
         "model.pt": c.core.state_dict(),
         "optimizer.pt": c.optimizer.state_dict(),
         "controller.pt": controller,
@@ -151,12 +158,12 @@ def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
     return ck.CheckpointId(state.step, state.micro_step)
 
 
-RUN_FILES = ("metrics.jsonl", "config.yaml", "eval.json", "summary.json")
+RUN_FILES = ("metrics.jsonl", "config.yaml", "eval.json", "summary.json", VOCAB)
 
 
 def archive_earlier_run(out: RunOutputs) -> Path | None:
     """A fresh start in a folder that holds an earlier run's checkpoints or metrics
-    moves them (with its config.yaml, eval.json, summary.json) to
+    moves them (with its config.yaml, eval.json, summary.json, vocab.txt) to
     `checkpoints/previous-<time>/`, so `latest` can never mix the two runs and nothing
     saved is lost or overwritten."""
     found = ck.list_checkpoints(out.checkpoint_dir)
@@ -181,6 +188,8 @@ def restore(c: Components, state: TrainState, loaded: dict[str, Any]) -> None:
     """Load every piece of a checkpoint into the built components."""
     loaded = c.runner.checkpoint_view(loaded)  # a pipeline stage reads its own files
     trainer = loaded["trainer.pt"]
+    if VOCAB in loaded and c.tokenizer is not None:
+        check_same_vocab(vocab_tokens(loaded[VOCAB]), c.tokenizer, "the checkpoint")
     if trainer["world_size"] != c.dist.world_size:
         raise ValueError(f"it was written by {trainer['world_size']} rank(s), this run has "
                          f"{c.dist.world_size} (the data order depends on it)")

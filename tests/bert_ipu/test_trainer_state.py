@@ -28,7 +28,7 @@ def test_a_checkpoint_holds_every_piece_of_the_run(tiny_data, tmp_path):
     for name, entry in manifest["files"].items():  # a checksum of every file
         assert entry["sha256"] == hashlib.sha256((path / name).read_bytes()).hexdigest()
     assert set(manifest["files"]) == {"model.pt", "optimizer.pt", "controller.pt",
-                                      "trainer.pt", "config.yaml"}
+                                      "trainer.pt", "config.yaml", "vocab.txt"}
     model, name = loaded["model.pt"], "bert.encoder.layer.0.attention.self.query"
     values, rows = model[f"{name}.values"], model[f"{name}.rows"]
     assert values.shape == (len(rows), 8, 8) and f"{name}.cols" in model

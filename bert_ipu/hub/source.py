@@ -1,0 +1,146 @@
+"""Read a pre-trained model from wherever it lives: a checkpoint folder, a run folder
+(its newest valid checkpoint) or a folder written by `python -m bert_ipu.export`.
+
+    src = load_pretrained(path)      # HubError (one line naming the path) when unusable
+    src.model, src.cfg, src.vocab, src.lowercase, src.step, src.summary
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bert_ipu.config import Config, ConfigError, config_from_dict, config_to_dict
+from bert_ipu.model import BertForPreTraining, build_model
+from bert_ipu.train import checkpoint as ck
+from bert_ipu.train.vocab import VOCAB, vocab_tokens
+
+RUN_CONFIG = "dynsp_config.yaml"   # the run config inside an exported folder
+
+
+class HubError(ValueError):
+    """A model folder cannot be used (message: one line naming the path and why)."""
+
+
+@dataclass
+class Pretrained:
+    """A pre-trained model with everything needed to export or continue it."""
+
+    path: Path
+    cfg: Config
+    model: BertForPreTraining
+    vocab: list[str] | None
+    """The tokens of the run's vocabulary (id = position); None if the source lacks it."""
+    step: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    """The run's summary.json when it belongs to this step (model card numbers)."""
+
+    @property
+    def lowercase(self) -> bool:
+        return self.cfg.data.lowercase
+
+
+def _config(text: str, where: Path) -> Config:
+    try:
+        return config_from_dict(yaml.safe_load(text))
+    except (ConfigError, yaml.YAMLError) as exc:
+        raise HubError(f"{where}: the saved run config is not usable: {exc}") from None
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    """The model at `path` (checkpoint, run folder or exported folder), on CPU, eval mode."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise HubError(f"{path}: does not exist; expected a checkpoint folder, a run folder "
+                       "or an exported model folder")
+    if (path / ck.MANIFEST).is_file():
+        return _from_checkpoint(path)
+    if (path / RUN_CONFIG).is_file():
+        return _from_export(path)
+    latest = _latest(path / "checkpoints") if path.is_dir() else None
+    if latest is not None:
+        return _from_checkpoint(latest)
+    raise HubError(f"{path}: not a checkpoint folder (no {ck.MANIFEST}), a run folder (no "
+                   f"checkpoints/step_*) or an exported model folder (no {RUN_CONFIG})")
+
+
+def _latest(root: Path) -> Path | None:
+    try:
+        return ck.find_latest(root)
+    except ck.CheckpointError as exc:
+        raise HubError(str(exc)) from None
+
+
+def _from_checkpoint(path: Path) -> Pretrained:
+    try:
+        loaded = ck.load_checkpoint(path)
+    except ck.CheckpointError as exc:
+        raise HubError(str(exc)) from None
+    if "model.pt" not in loaded or "config.yaml" not in loaded:
+        raise HubError(f"{path}: checkpoint lacks model.pt or config.yaml")
+    cfg = _config(loaded["config.yaml"], path / "config.yaml")
+    model = build_model(cfg.model, cfg.sparsity, seed=0)
+    try:
+        model.load_state_dict(loaded["model.pt"])
+    except RuntimeError as exc:
+        raise HubError(f"{path}: model.pt does not fit its config.yaml: "
+                       f"{str(exc).splitlines()[0]}") from None
+    vocab = vocab_tokens(loaded[VOCAB]) if VOCAB in loaded else None
+    step = loaded["manifest"].get("step")
+    return Pretrained(path, cfg, model.eval(), vocab, step, _run_summary(cfg, step))
+
+
+def _run_summary(cfg: Config, step: int | None) -> dict[str, Any]:
+    """summary.json of the run when it describes `step` (else {}: a mid-run checkpoint)."""
+    file = Path(cfg.output_dir) / "summary.json"
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if summary.get("steps") == step else {}
+
+
+def _from_export(path: Path) -> Pretrained:
+    """An exported folder: the compressed sparse form when present, else the dense one."""
+    from bert_ipu.hub import sparse
+
+    cfg = _config((path / RUN_CONFIG).read_text(), path / RUN_CONFIG)
+    card = _read_json(path / "dynsp_run.json")
+    compressed = path / "sparse" / sparse.FILE
+    if compressed.is_file():
+        model, _, _ = sparse.load_compressed(compressed)
+    else:
+        if cfg.sparsity.method != "dense":  # densified weights: continue as a dense model
+            cfg = config_from_dict(config_to_dict(cfg), ["sparsity.method=dense",
+                                                        "sparsity.sparsity=0"])
+        model = build_model(cfg.model, cfg.sparsity, seed=0)
+        _load_dense(model, path / "model.safetensors")
+    vocab_file = path / VOCAB
+    vocab = vocab_tokens(vocab_file.read_text(encoding="utf-8")) if vocab_file.is_file() else None
+    return Pretrained(path, cfg, model.eval(), vocab, card.get("steps"), card)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _load_dense(model: BertForPreTraining, file: Path) -> None:
+    """Load HF-named dense weights (the tied decoder restored from the embeddings)."""
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise HubError(f"{file}: missing; expected the exported dense weights")
+    state = load_file(str(file))
+    state.setdefault("cls.predictions.decoder.weight",
+                     state.get("bert.embeddings.word_embeddings.weight"))
+    state.setdefault("cls.predictions.decoder.bias", state.get("cls.predictions.bias"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise HubError(f"{file}: does not fit {RUN_CONFIG}: {str(exc).splitlines()[0]}") from None

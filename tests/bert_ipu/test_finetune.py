@@ -1,0 +1,122 @@
+"""Fine-tuning: metrics against hand-computed values, a tiny synthetic task learned well
+above chance (dense and keeping the sparsity), task files read as GLUE writes them, bad
+inputs refused with one line and exit code 2."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from bert_ipu.finetune import FinetuneSettings, TaskError, finetune, load_task
+from bert_ipu.finetune.cli import main as finetune_main
+from bert_ipu.finetune.metrics import classification_metrics
+from bert_ipu.hub import load_pretrained
+from bert_ipu.hub.export import export_folder
+
+from tests.bert_ipu.test_export import make_checkpoint
+from tests.bert_ipu.tiny_run import WORDS, one_thread  # noqa: F401
+
+ANIMALS, PLACES = ["cat", "dog", "bird"], ["house", "river", "garden"]
+
+
+def test_metrics_match_hand_computed_values():
+    m = classification_metrics(torch.tensor([1, 1, 0, 0, 1]), torch.tensor([1, 0, 0, 0, 1]), 2)
+    assert m["accuracy"] == pytest.approx(0.8) and m["f1"] == pytest.approx(0.8)
+    assert m["mcc"] == pytest.approx(4 / 6)
+    multi = classification_metrics(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]), 3)
+    assert multi["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert classification_metrics(torch.tensor([1, 1]), torch.tensor([0, 1]), 2)["mcc"] == 0.0
+
+
+def write_task(folder: Path, n_train: int = 160, n_eval: int = 60, seed: int = 0) -> Path:
+    """GLUE-style TSVs: label 1 iff the sentence names an animal (else a place)."""
+    rng = random.Random(seed)
+    filler = [w for w in WORDS if w not in ANIMALS + PLACES][:20]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("dev", n_eval)):
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = rng.sample(filler, 4) + [rng.choice(ANIMALS if label else PLACES)]
+            rng.shuffle(words)
+            lines.append(f"{' '.join(words)}\t{label}")
+        (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ft")
+    export_folder(load_pretrained(make_checkpoint(tmp, "dynamic", 8)), tmp / "hf", with_sparse=True)
+    return tmp / "hf"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_synthetic_task_beats_chance(exported, tmp_path, keep, one_thread):
+    task = load_task(str(write_task(tmp_path / "task")))
+    assert task.label_names == ["0", "1"] and len(task.train.labels) == 160
+    s = FinetuneSettings(epochs=8, learning_rate=3e-3, batch_size=16, max_length=16,
+                         keep_sparsity=keep, seed=1)
+    results = finetune(exported, task, s, log=lambda m: None)
+    assert results["final"]["accuracy"] >= 0.85, results["evaluations"]
+    assert len(results["evaluations"]) == 8  # one per epoch
+    if keep:
+        assert results["inactive_nonzero"] == 0
+
+
+def test_cli_writes_results_json(exported, tmp_path, one_thread):
+    task = write_task(tmp_path / "task", 32, 16)
+    out = tmp_path / "results.json"
+    assert finetune_main(["--model", str(exported), "--task", str(task), "--epochs", "1",
+                          "--max-length", "16", "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["final"]) >= {"accuracy", "f1", "mcc", "loss"}
+
+
+def test_pairs_json_and_string_labels(tmp_path):
+    rows = [{"premise": f"a {w}", "hypothesis": "b", "gold": lab}
+            for w, lab in zip(WORDS[:6], ["yes", "no", "maybe"] * 2)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "dev.json").write_text(json.dumps(rows[:3]))
+    task = load_task(str(tmp_path), label_column="gold")
+    assert task.label_names == ["maybe", "no", "yes"] and task.train.texts_b == ["b"] * 6
+    assert task.eval.labels == [2, 1, 0]
+
+
+@pytest.mark.parametrize("content,words", [
+    ("sentence\ttarget\nhello\t1\nbye\t0\n", "no label column"),
+    ("sentence\tlabel\nhello\t0.5\nbye\t1\n", "expected an integer or string label"),
+    ("sentence\tlabel\nhello\t\nbye\t1\n", "empty label"),
+])
+def test_bad_task_files_exit_2_with_one_line(exported, tmp_path, capsys, content, words):
+    (tmp_path / "train.tsv").write_text(content)
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nhi\t1\nho\t0\n")
+    code = finetune_main(["--model", str(exported), "--task", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and words in err and len(err.splitlines()) == 1 and "train.tsv" in err
+
+
+def test_bad_model_folder_and_json_labels(tmp_path, capsys):
+    task = write_task(tmp_path / "task", 8, 4)
+    assert finetune_main(["--model", str(tmp_path), "--task", str(task)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "train.json").write_text(json.dumps([{"text": "a", "label": [1]}]))
+    (tmp_path / "j" / "dev.json").write_text(json.dumps([{"text": "a", "label": 1}]))
+    with pytest.raises(TaskError, match="expected an integer or string label, got \\[1\\]"):
+        load_task(str(tmp_path / "j"))
+
+
+def test_demo_task_is_balanced_and_loads(tmp_path):
+    from bert_ipu.finetune.demo import PACKAGES, write_demo_task
+
+    counts = write_demo_task(tmp_path / "task", seed=0)
+    task = load_task(str(tmp_path / "task"))
+    assert sorted(task.label_names) == sorted(PACKAGES)
+    n = next(iter(counts.values()))
+    assert set(counts.values()) == {n} and n >= 50
+    assert len(task.train.labels) + len(task.eval.labels) == n * len(PACKAGES)
+    assert not set(task.train.texts_a) & set(task.eval.texts_a)  # no paragraph in both
