@@ -43,14 +43,19 @@ def test_resume_with_another_vocabulary_of_same_size_is_refused(finished_run, ti
     with pytest.raises(ck.CheckpointError, match=r"data\.vocab_file / tokenizer.*id 10"):
         run_tiny(corpus, finished_run, cache, **{
             "training.training_steps": 8, "data.vocab_file": str(other),
+            # the model keeps its shape (a vocab file would otherwise size it to the file's
+            # tokens, and the structure check would refuse the resume first)
+            "model.vocab_size": 200,
             "checkpoint.resume_training_from_checkpoint": "latest"})
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == before
 
 
 def _init_cfg(tiny_data, tmp_path, source, **extra):
     corpus, cache = tiny_data
+    # model.vocab_size as in the source run (200 rows for a trained 166-token vocabulary):
+    # with data.vocab_file given it would default to the file's size.
     overrides = tiny_overrides(corpus, tmp_path / "phase2", cache, **{
-        "checkpoint.init_from": str(source), **extra})
+        "checkpoint.init_from": str(source), "model.vocab_size": 200, **extra})
     return load_config(None, overrides)
 
 
