@@ -14,7 +14,7 @@ from bert_ipu.train import checkpoint as ck
 from bert_ipu.data.config import SPECIAL_TOKENS
 from bert_ipu.pretrain import main
 from tests.bert_ipu.tiny_run import (  # noqa: F401
-    WORDS, one_thread, tiny_data, tiny_overrides, write_corpus,
+    WORDS, error_line, one_thread, tiny_data, tiny_overrides, write_corpus,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,14 +26,6 @@ def snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file below `folder` (relative paths)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

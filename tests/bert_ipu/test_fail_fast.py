@@ -6,19 +6,11 @@ from __future__ import annotations
 import pytest
 
 from bert_ipu.pretrain import main
-from tests.bert_ipu.tiny_run import one_thread, tiny_data, tiny_overrides  # noqa: F401
+from tests.bert_ipu.tiny_run import (  # noqa: F401
+    SHORT, error_line, one_thread, tiny_data, tiny_overrides,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SHORT = {"training.training_steps": 2, "checkpoint.checkpoint_steps": 2,
-         "logging.eval_steps": 0, "sparsity.n_updates": 1}
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _nothing_prepared(cache) -> bool:

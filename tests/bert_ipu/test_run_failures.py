@@ -26,20 +26,11 @@ from bert_ipu.train.loop import NonFiniteLossError, TrainerHooks
 from bert_ipu.train.runlock import OutputInUseError, RunLock
 from bert_ipu.train.signals import SetupInterrupted, StopRequest
 from tests.bert_ipu.tiny_run import (  # noqa: F401
-    load_metrics, one_thread, run_tiny, tiny_data, tiny_overrides, write_corpus,
+    SHORT, error_line, load_metrics, one_thread, run_tiny, tiny_data, tiny_overrides,
+    write_corpus,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SHORT = {"training.training_steps": 2, "checkpoint.checkpoint_steps": 2,
-         "logging.eval_steps": 0, "sparsity.n_updates": 1}
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # ------------------------------------------------------------------ 1: one run per folder

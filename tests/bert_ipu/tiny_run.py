@@ -79,6 +79,20 @@ def run_tiny(corpus: Path, out: Path, cache: Path, hooks: Any = None, **extra: A
     return train(cfg, hooks=hooks, log=lambda s: None)
 
 
+def error_line(capsys) -> str:
+    """The one `error: ...` line a CLI printed to stderr (and no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+SHORT = {"training.training_steps": 2, "checkpoint.checkpoint_steps": 2,
+         "logging.eval_steps": 0, "sparsity.n_updates": 1}
+"""A run of two steps with one pattern update and no evaluation (CLI tests)."""
+
+
 # ---------------------------------------------------------------- pytest fixtures
 import pytest  # noqa: E402
 
