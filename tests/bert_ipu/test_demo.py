@@ -3,8 +3,8 @@ minutes on 2 cores with the held-out MLM loss clearly below its starting value. 
 `make test-slow`.
 
 How long depends on the CPU: about 3.5 minutes where AMX makes bf16 fast (auto
-precision = bf16), about 16 minutes in fp32 on a 2-core AVX2-only CPU (AMD EPYC, no
-AVX-512). The limit below covers the slower kind with margin; it guards against a
+precision = bf16), about 15.5 minutes in fp32 on a 2-core AVX2-only CPU (AMD EPYC, no
+AVX-512; measured 931 s). The limit below covers the slower kind with margin; it guards against a
 regression that makes the demo several times slower, not against a slow machine."""
 from __future__ import annotations
 
