@@ -28,6 +28,7 @@ from bert_ipu.sweep.runner import RUN_RECORD, plan_lines, run_state, run_sweep
 from bert_ipu.sweep.spec import SweepRun, expand_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
+JOBS = {"cpu": 2, "gpu": 1}  # default runs at a time (configs/base/repro_cpu.yaml: 1 thread each)
 ORDER = ("lr", "pareto", "n_updates", "prune_ratio", "regrow", "ablations", "block_size")
 
 
@@ -36,7 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--only", nargs="+", choices=ORDER, help="these sweeps only")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs at a time (default: 2 for the CPU suite, whose runs use one "
+                        "thread each, so two share 2 cores; 1 for the GPU suite)")
     p.add_argument("--results", default=str(ROOT / "docs" / "results"),
                    help="where tables, figures and RUN.md go (default docs/results)")
     return p.parse_args(argv)
@@ -96,6 +99,7 @@ def write_run_md(path: Path, suite: str, sweeps: dict[str, list[SweepRun]], wall
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; 0 all finished, 1 some run did not, 2 bad input."""
     args = parse_args(argv)
+    jobs = args.jobs or JOBS[args.suite]
     folder = ROOT / "configs" / "sweeps" / args.suite
     try:
         sweeps = {n: expand_sweep(folder / f"{n}.yaml") for n in (args.only or ORDER)}
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     start, failed = time.monotonic(), 0
     out = Path(args.results) / args.suite
     for name, runs in sweeps.items():
-        codes = run_sweep(runs, args.jobs, log=lambda s: print(f"{name} {s}", file=sys.stderr, flush=True))
+        codes = run_sweep(runs, jobs, log=lambda s: print(f"{name} {s}", file=sys.stderr, flush=True))
         failed += sum(c != 0 for c in codes.values())
         try:
             write_results(runs[0].output_dir.parent, out / name)

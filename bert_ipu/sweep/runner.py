@@ -4,10 +4,13 @@ Each run is `python -m bert_ipu.pretrain --config BASE OVERRIDES...` in a child 
 (so a crash, a divergence or bad data in one run cannot stop the others), with its output
 appended to `<output_dir>/sweep.log`. Per run:
 
+* its `config.yaml` differs from the sweep's config for it (a setting of the sweep file or
+  of its base config was changed since): started again (`redo`); the trainer moves the
+  earlier run's files to `checkpoints/previous-<time>/`;
 * `summary.json` present with all its steps: finished, skipped;
-* `summary.json` of fewer steps (the sweep was lengthened): started again; the trainer
-  moves the earlier run's files to `checkpoints/previous-<time>/` (a DynSp schedule
-  depends on the total steps, so the old checkpoints cannot be continued);
+* `summary.json` of fewer steps (the sweep was lengthened): started again, the same way
+  (a DynSp schedule depends on the total steps, so the old checkpoints cannot be
+  continued);
 * a checkpoint present (an interrupted or failed run): resumed
   (`checkpoint.resume_training_from_checkpoint=latest`);
 * otherwise started.
@@ -26,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from bert_ipu.config import ConfigError, applied_config_dict, load_config
 from bert_ipu.sweep.spec import SweepRun
 
 __all__ = ["run_state", "command", "plan_lines", "run_sweep", "RUN_RECORD"]
@@ -34,9 +38,22 @@ RUN_RECORD = "sweep_run.json"
 RESUME = "checkpoint.resume_training_from_checkpoint=latest"
 
 
+def config_changed(run: SweepRun) -> bool:
+    """True when the run folder holds a run of another config than the sweep's for it."""
+    saved = run.output_dir / "config.yaml"
+    if not saved.is_file():
+        return False
+    try:
+        return applied_config_dict(load_config(saved)) != applied_config_dict(run.config)
+    except ConfigError:
+        return True
+
+
 def run_state(run: SweepRun) -> str:
-    """'done', 'resume' or 'start' for this run's output folder."""
+    """'done', 'resume', 'start' or 'redo' (another config ran there) for this run's folder."""
     out = run.output_dir
+    if config_changed(run):
+        return "redo"
     try:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         steps = int(summary.get("steps", -1))
@@ -77,7 +94,7 @@ def execute(run: SweepRun, log: Callable[[str], None]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     argv = command(run, resume=state == "resume")
     log(f"[{run.index:03d}] {state}: {run.label} -> {out}")
-    start, wall = time.monotonic(), _previous_wall(out)
+    start, wall = time.monotonic(), 0.0 if state == "redo" else _previous_wall(out)
     with open(out / "sweep.log", "a", encoding="utf-8") as stream:
         stream.write(f"\n$ {shlex.join(argv)}\n")
         stream.flush()

@@ -93,6 +93,13 @@ def test_run_state_skips_finished_and_resumes_interrupted(tmp_path):
     assert run_state(run) == "start"  # lengthened: a new run (the trainer archives the old)
     (run.output_dir / "summary.json").write_text(json.dumps({"steps": 10}))
     assert run_state(run) == "done"
+    save_config(run.config, run.output_dir / "config.yaml")  # as the trainer writes it
+    assert run_state(run) == "done"
+    # the sweep file's rate was changed after the run: its folder is run again
+    changed = expand_sweep(write_sweep(tmp_path, "overrides: [training.training_steps=10, "
+                                                 "training.learning_rate=0.5]\n"))[0]
+    assert changed.output_dir == run.output_dir and run_state(changed) == "redo"
+    assert RESUME not in command(changed)
 
 
 def fake_run(folder: Path, overrides: list[str], loss: float, dof: float | None,
