@@ -1,7 +1,7 @@
 """Command line: `python -m bert_ipu.finetune --model DIR --task TASK [options]`.
 
 TASK is a folder holding train.{tsv,csv,json,jsonl} and dev/validation/test.* (GLUE's
-folders work as-is), or `hf:NAME[/CONFIG]` for a `datasets` dataset in the local cache;
+folders work as-is), or `hf:NAME[:CONFIG]` for a `datasets` dataset in the local cache;
 --train / --eval name the files directly. Results (every evaluation and the final one:
 loss, accuracy, F1, Matthews correlation) are printed and written as JSON (--output).
 
@@ -25,7 +25,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bert_ipu.finetune",
                                 description=__doc__.split("\n\n")[1])
     p.add_argument("--model", required=True, help="exported model folder (bert_ipu.export)")
-    p.add_argument("--task", required=True, help="task folder or hf:NAME[/CONFIG]")
+    p.add_argument("--task", required=True, help="task folder or hf:NAME[:CONFIG]")
     p.add_argument("--train", help="training file (default: TASK/train.*)")
     p.add_argument("--eval", help="evaluation file (default: TASK/dev.* or validation.*)")
     p.add_argument("--splits", default="train,validation", help="hf: train,eval split names")

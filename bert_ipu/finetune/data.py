@@ -2,7 +2,7 @@
 Face `datasets` dataset: single sentences or sentence pairs with a label.
 
     task = load_task("glue_data/SST-2")                  # train.tsv + dev.tsv, GLUE as-is
-    task = load_task("hf:glue/sst2")                     # datasets (local cache only)
+    task = load_task("hf:nyu-mll/glue:sst2")             # datasets (local cache only)
     task.train.texts_a, task.train.texts_b, task.train.labels, task.label_names
 
 Labels are integers or strings; strings are numbered in sorted order, integers keep
@@ -131,13 +131,23 @@ def find_split_file(folder: Path, names: Sequence[str], what: str) -> Path:
                     f"{', '.join(n + '.tsv/.csv/.json/.jsonl' for n in names)})")
 
 
+def hf_name(spec: str) -> tuple[str, str | None]:
+    """`hf:NAME[:CONFIG]` -> (NAME, CONFIG): NAME is a Hub id (`nyu-mll/glue`, `imdb`) or
+    a local dataset folder (data files named by split, as `datasets` reads them)."""
+    name, _, config = spec[3:].rpartition(":") if ":" in spec[3:] else (spec[3:], "", "")
+    if not name or (":" in spec[3:] and not config):
+        raise TaskError(f"--task {spec}: expected hf:NAME or hf:NAME:CONFIG "
+                        "(e.g. hf:nyu-mll/glue:sst2)")
+    return name, config or None
+
+
 def _hf_rows(spec: str, split: str) -> list[dict[str, Any]]:
-    """Rows of a `datasets` dataset split: spec `hf:NAME` or `hf:NAME/CONFIG`."""
+    """Rows of a `datasets` dataset split: spec `hf:NAME` or `hf:NAME:CONFIG`."""
     import datasets
 
-    name, _, config = spec[3:].partition("/")
+    name, config = hf_name(spec)
     try:
-        data = datasets.load_dataset(name, config or None, split=split)
+        data = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # datasets raises many types; one line is what the user needs
         raise TaskError(f"--task {spec}: cannot load split {split!r} from datasets: "
                         f"{str(exc).splitlines()[0]}") from None
@@ -167,7 +177,7 @@ def load_task(task: str, train: str | None = None, eval_file: str | None = None,
         folder = Path(task).expanduser()
         if train is None and not folder.is_dir():
             raise TaskError(f"--task {task}: expected a folder with train/dev files or "
-                            "hf:NAME[/CONFIG], got a path that is not a folder")
+                            "hf:NAME[:CONFIG], got a path that is not a folder")
         paths = [Path(train) if train else find_split_file(folder, TRAIN_NAMES, "training"),
                  Path(eval_file) if eval_file else find_split_file(folder, EVAL_NAMES, "evaluation")]
         raw = [read_rows(p, header) for p in paths]

@@ -120,3 +120,25 @@ def test_demo_task_is_balanced_and_loads(tmp_path):
     assert set(counts.values()) == {n} and n >= 50
     assert len(task.train.labels) + len(task.eval.labels) == n * len(PACKAGES)
     assert not set(task.train.texts_a) & set(task.eval.texts_a)  # no paragraph in both
+
+
+def test_hf_task_through_datasets_offline(tmp_path, monkeypatch, capsys):
+    """`hf:NAME[:CONFIG]` goes through `datasets.load_dataset` for real: a local dataset
+    folder (files named by split) loads; a Hub name that is not cached, or a bad spec, gives
+    one line naming --task (no network: HF_DATASETS_OFFLINE)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "mytask"
+    folder.mkdir()
+    (folder / "train.csv").write_text("sentence,label\n" + "".join(
+        f"a {w},{'pos' if i % 2 else 'neg'}\n" for i, w in enumerate(WORDS[:8])))
+    (folder / "validation.csv").write_text("sentence,label\nb x,pos\nb y,neg\n")
+    task = load_task(f"hf:{folder}")
+    assert task.label_names == ["neg", "pos"] and len(task.train.labels) == 8
+    assert task.eval.texts_a == ["b x", "b y"] and task.eval.labels == [1, 0]
+    with pytest.raises(TaskError, match="^--task hf:no-such-org/no-such-set:cfg: cannot load"):
+        load_task("hf:no-such-org/no-such-set:cfg")
+    for bad in ("hf:", "hf:glue:"):
+        with pytest.raises(TaskError, match="expected hf:NAME or hf:NAME:CONFIG"):
+            load_task(bad)
