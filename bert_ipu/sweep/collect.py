@@ -100,12 +100,25 @@ def _run_row(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
             "wall_s": wall, "sequences_per_second": rate}
 
 
+# Model settings that follow the hidden size unless set: not shown when they do.
+DERIVED = {"model.intermediate_size": lambda f: 4 * f["model.hidden_size"],
+           "model.num_attention_heads": lambda f: max(f["model.hidden_size"] // 64, 1)}
+
+
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
-    """Dotted config keys whose values differ between runs (seeds and names excepted)."""
+    """Dotted config keys whose values differ between the runs that have them (seeds and
+    names excepted; a dense run has no block size, which does not make the block size
+    vary), less model settings that only follow the hidden size (FFN 4H, H/64 heads)."""
     flat = [_flatten(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
-    return [k for k in keys if not k.startswith(IGNORED_PREFIXES)
-            and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+
+    def derived(k: str) -> bool:
+        return k in DERIVED and all(f.get(k) == DERIVED[k](f) for f in flat
+                                    if f.get(k) is not None and f.get("model.hidden_size"))
+
+    return [k for k in keys if not k.startswith(IGNORED_PREFIXES) and not derived(k)
+            and len({json.dumps(f[k], sort_keys=True, default=str) for f in flat
+                     if f.get(k) is not None}) > 1]
 
 
 def collect_runs(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -15,7 +15,7 @@ def test_dry_run_plans_every_sweep_of_both_suites(capsys):
     plan = capsys.readouterr().err
     for name in reproduce.ORDER:
         assert f"{name}: " in plan
-    assert plan.count("  start  ") + plan.count("  done  ") + plan.count("  resume") == 44
+    assert plan.count("  start  ") + plan.count("  done  ") + plan.count("  resume") + plan.count("  redo  ") == 60
     assert reproduce.main(["--suite", "gpu", "--dry-run", "--only", "pareto"]) == 0
     assert "pareto: 15 runs" in capsys.readouterr().err
 
@@ -33,3 +33,15 @@ def test_run_md_names_commit_machine_and_unfinished_runs(tmp_path):
     assert f"commit: `{reproduce.commit()}`" in text and "cores" in text
     assert "| regrow | 4 | 1.5 |" in text and f"{tmp_path / '0'} (failed)" in text
     assert f"{tmp_path / '1'} (not run)" in text
+
+
+def test_cpu_suite_runs_two_one_thread_runs_at_a_time(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(reproduce, "run_sweep", lambda runs, jobs, log: seen.append(jobs) or {})
+    monkeypatch.setattr(reproduce, "write_results", lambda *a: None)
+    args = ["--only", "lr", "--results", str(tmp_path)]
+    assert reproduce.main(args) == 0 and reproduce.main(args + ["--jobs", "1"]) == 0
+    assert reproduce.main(["--suite", "gpu"] + args) == 0
+    assert seen == [2, 1, 1]
+    lr = expand_sweep(reproduce.ROOT / "configs" / "sweeps" / "cpu" / "lr.yaml")
+    assert {r.config.training.num_threads for r in lr} == {1}
