@@ -29,7 +29,8 @@ CONTEXT = {"method": "sparsity.method", "sparsity": "sparsity.sparsity", "size":
            "block_size": "sparsity.block_size", "regrow": "sparsity.regrow",
            "n_updates": "sparsity.n_updates", "prune_ratio": "sparsity.prune_ratio",
            "inactive": "sparsity.inactive", "freeze_until_step": "sparsity.freeze_until_step",
-           "freeze_from_step": "sparsity.freeze_from_step"}
+           "freeze_from_step": "sparsity.freeze_from_step",
+           "learning_rate": "training.learning_rate", "hidden_size": "model.hidden_size"}
 METRICS = ("steps", "sequences", "total_flops", "nonembedding_params", "mlm_loss",
            "mlm_accuracy", "nsp_loss", "nsp_accuracy", "dof", "removed_new_fraction",
            "wall_s", "sequences_per_second")

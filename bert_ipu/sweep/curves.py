@@ -28,23 +28,27 @@ def training_curves(rows: list[dict[str, Any]], points: list[dict[str, Any]], ou
     plt = pyplot()
     fig, (train_ax, eval_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(points) > len(colours):
+        colours = [plt.get_cmap("tab20")(i) for i in range(20)]
     for i, point in enumerate(points):
         colour = colours[i % len(colours)]
         for j, run in enumerate(point["runs"]):
             records = read_metrics(Path(run))
             label = point["label"] if j == 0 else None
             train_ax.plot(*_xy(records, "loss"), color=colour, alpha=0.7, lw=1, label=label)
-            eval_ax.plot(*_xy(records, "eval_mlm_loss"), "o-", color=colour, ms=3, label=label)
+            steps, losses = _xy([r for r in records if r.get("step")], "eval_mlm_loss")
+            eval_ax.plot(steps, losses, "o-", color=colour, ms=3, label=label)
         for key in ("freeze_until_step", "freeze_from_step"):
             if point.get(key) is not None:
                 for ax in (train_ax, eval_ax):
                     ax.axvline(point[key], color=colour, ls=":",
                                label=f"{key.replace('_', ' ')} ({point['label']})")
     train_ax.set(xlabel="optimizer step", ylabel="training loss (MLM + NSP)", title="training")
-    eval_ax.set(xlabel="optimizer step", ylabel="held-out MLM loss", title="evaluation")
+    eval_ax.set(xlabel="optimizer step", ylabel="held-out MLM loss",
+                title="evaluation (the step-0 value, about ln(vocabulary size), left out)")
     for ax in (train_ax, eval_ax):
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
+    eval_ax.legend(fontsize=6, loc="best")
     fig.suptitle("Runs side by side (one colour per setting; its seeds share the colour)")
     return save_figure(fig, out / "curves.png")
 

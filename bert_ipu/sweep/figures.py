@@ -6,6 +6,8 @@ reads without the code. Which figures are drawn depends on what the sweep varies
   sizes), static and DynSp as points; error bars = std over seeds;
 * `n_updates.png` / `prune_ratio.png` (when that setting varies): MLM loss, final DOF
   and the removed-new fraction against it;
+* `learning_rate.png` (when the rate varies within a method and size; then instead of
+  `pareto.png`): MLM loss against the learning rate, one line per method and size;
 * `block_size.png` (when the block size varies): MLM loss per block size (equal FLOPs);
 * curves.py: `curves.png`, `dof_curves.png`, `pattern.png`.
 
@@ -19,7 +21,7 @@ from typing import Any
 from bert_ipu.sweep import curves
 from bert_ipu.sweep.plotting import pyplot, save_figure
 
-__all__ = ["draw_all", "pareto", "against_setting", "block_sizes"]
+__all__ = ["draw_all", "pareto", "against_setting", "block_sizes", "learning_rates"]
 
 MARKERS = {"dense": "o", "static": "s", "dynamic": "^"}
 
@@ -112,14 +114,47 @@ def block_sizes(points: list[dict[str, Any]], out: Path) -> Path:
     return save_figure(fig, out / "block_size.png")
 
 
+def learning_rates(points: list[dict[str, Any]], out: Path) -> Path:
+    """learning_rate.png: MLM loss against the learning rate (log x), one line per method
+    and model width; the best rate of each line is circled."""
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        if p.get("mlm_loss") is not None and p.get("learning_rate") is not None:
+            groups.setdefault(f"{p.get('method')}, H={p.get('hidden_size')}", []).append(p)
+    for name, ps in sorted(groups.items()):
+        ps = sorted(ps, key=lambda p: p["learning_rate"])
+        line = ax.errorbar([p["learning_rate"] for p in ps], [p["mlm_loss"] for p in ps],
+                           yerr=[p.get("mlm_loss_std") or 0 for p in ps], fmt="o-", capsize=3,
+                           label=name)
+        best = min(ps, key=lambda p: p["mlm_loss"])
+        ax.plot(best["learning_rate"], best["mlm_loss"], "o", ms=12, mfc="none",
+                color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set(xlabel="peak learning rate (log)", ylabel="held-out MLM loss (final)",
+           title="Learning rate per method and size (circled: lowest loss)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out / "learning_rate.png")
+
+
 def _varies(points: list[dict[str, Any]], key: str) -> bool:
     return len({str(p.get(key)) for p in points if p.get(key) is not None}) > 1
+
+
+def _rate_sweep(points: list[dict[str, Any]]) -> bool:
+    """True when some method and width was run at several learning rates."""
+    rates: dict[tuple, set] = {}
+    for p in points:
+        rates.setdefault((p.get("method"), p.get("hidden_size")), set()).add(p.get("learning_rate"))
+    return any(len(r) > 1 for r in rates.values())
 
 
 def draw_all(rows: list[dict[str, Any]], points: list[dict[str, Any]], out: Path) -> list[Path]:
     """Every figure that this sweep's variation supports, written to `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [pareto(points, out), curves.training_curves(rows, points, out)]
+    paths = [learning_rates(points, out) if _rate_sweep(points) else pareto(points, out),
+             curves.training_curves(rows, points, out)]
     for setting, label in (("n_updates", "number of pattern updates n"),
                            ("prune_ratio", "initial pruning ratio")):
         if _varies(points, setting):

@@ -155,6 +155,22 @@ def test_collect_writes_tables_and_figures(fake_sweep):
         assert paths[name].stat().st_size > 10_000
 
 
+def test_a_rate_sweep_over_methods_and_widths_gets_the_learning_rate_figure(tmp_path):
+    """Dense runs have no block size and the FFN follows H: neither counts as varying;
+    several rates for one method and width give learning_rate.png instead of pareto.png."""
+    root = tmp_path / "runs"
+    for i, (extra, lr, loss) in enumerate([(["model.hidden_size=32"], 1e-3, 5.0),
+                                           (["model.hidden_size=32"], 2e-3, 4.5),
+                                           ([], 1e-3, 4.0),
+                                           (["sparsity.method=dynamic", "sparsity.sparsity=0.5"], 4e-3, 4.2)]):
+        fake_run(root / f"r{i}", extra + [f"training.learning_rate={lr}"], loss, dof=None)
+    rows, keys = collect_runs(root)
+    assert keys == ["model.hidden_size", "sparsity.method", "sparsity.sparsity",
+                    "training.learning_rate"]
+    names = {p.name for p in write_results(root)}
+    assert "learning_rate.png" in names and "pareto.png" not in names
+
+
 def test_collect_cli_errors(tmp_path, capsys):
     assert main(["collect", str(tmp_path / "missing")]) == 2
     assert main(["collect", str(tmp_path)]) == 2
