@@ -76,18 +76,39 @@ def run_seconds(runs: list[SweepRun]) -> tuple[float, list[str]]:
         try:
             record = json.loads((r.output_dir / RUN_RECORD).read_text())
             total += float(record["wall_s"])
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             record = {}  # run outside the runner (its time is not known) or not run
         if run_state(r) != "done":
             missing.append(f"{r.output_dir} ({record.get('status', 'not run')})")
     return total, missing
 
 
-def write_run_md(path: Path, suite: str, sweeps: dict[str, list[SweepRun]], wall: float) -> None:
+def elapsed_span(runs: list[SweepRun]) -> tuple[float, float] | None:
+    """(first start, last end) in epoch seconds over the runs' records, across every
+    invocation: a record is written when its run ends (its mtime) after `wall_s` seconds
+    (summed over attempts, so a resumed run counts from before its first attempt)."""
+    spans = []
+    for r in runs:
+        path = r.output_dir / RUN_RECORD
+        try:
+            end = path.stat().st_mtime
+            spans.append((end - float(json.loads(path.read_text())["wall_s"]), end))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return (min(s for s, _ in spans), max(e for _, e in spans)) if spans else None
+
+
+def write_run_md(path: Path, suite: str, sweeps: dict[str, list[SweepRun]], wall: float,
+                 jobs: int = 1) -> None:
+    span = elapsed_span([r for runs in sweeps.values() for r in runs])
+    elapsed = f"{(span[1] - span[0]) / 60:.1f} min" if span else "-"
     lines = [f"# {suite.upper()} suite: how it was run", "",
              f"* commit: `{commit()}`", f"* machine: {machine()}",
+             f"* runs at a time: {jobs} (summed run times below are about {jobs}x the elapsed time)",
              f"* finished: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"* wall time of the last invocation: {wall / 60:.1f} min", "",
+             f"* wall time of the last invocation: {wall / 60:.1f} min",
+             f"* elapsed from the first run's start to the last run's end (all invocations, "
+             f"gaps included): {elapsed}", "",
              "| sweep | runs | summed run time (min, all attempts) | not finished |", "|---|---|---|---|"]
     for name, runs in sweeps.items():
         seconds, missing = run_seconds(runs)
@@ -119,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             write_results(runs[0].output_dir.parent, out / name)
         except (OSError, ImportError) as err:
             print(f"warning: {name}: collect failed: {err}", file=sys.stderr)
-        write_run_md(out / "RUN.md", args.suite, sweeps, time.monotonic() - start)
+        write_run_md(out / "RUN.md", args.suite, sweeps, time.monotonic() - start, jobs)
     print(f"suite {args.suite}: {failed} runs did not finish; results in {out}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -33,6 +33,7 @@ def test_run_md_names_commit_machine_and_unfinished_runs(tmp_path):
     assert f"commit: `{reproduce.commit()}`" in text and "cores" in text
     assert "| regrow | 4 | 1.5 |" in text and f"{tmp_path / '0'} (failed)" in text
     assert f"{tmp_path / '1'} (not run)" in text
+    assert "(all invocations, gaps included): 1.5 min" in text  # the one record: 90 s
 
 
 def test_cpu_suite_runs_two_one_thread_runs_at_a_time(monkeypatch, tmp_path):
