@@ -48,6 +48,18 @@ def _series(points: list[dict[str, Any]], x: str, by_method: bool = False
     return {m: sorted(ps, key=lambda p: p[x]) for m, ps in sorted(out.items())}
 
 
+# Settings the pareto legend or axes already tell (method, sparsity) or that follow the
+# method (its learning rate, a static run's n = 0): left out of the point notes.
+_TOLD = ("method=", "sparsity=", "learning_rate=", "n_updates=", "hidden_size=")
+
+
+def _point_note(point: dict[str, Any]) -> str:
+    """Short note beside a pareto point: its width and whatever else varies."""
+    others = [part for part in str(point.get("label", "")).split(", ")
+              if part and part != "base" and not part.startswith(_TOLD)]
+    return ", ".join([f"H={point.get('hidden_size')}"] + others)
+
+
 def _pareto_panel(ax: Any, points: list[dict[str, Any]], x: str, xlabel: str) -> None:
     for method, ps in _series(points, x, by_method=True).items():
         style = "-" if method == "dense" else ""
@@ -55,9 +67,9 @@ def _pareto_panel(ax: Any, points: list[dict[str, Any]], x: str, xlabel: str) ->
                     yerr=[p.get("mlm_loss_std") or 0.0 for p in ps], fmt=MARKERS.get(method, "x") + style,
                     capsize=3, label=method)
         for p in ps:
-            text = p.get("label") or f"{p.get('size')} s={p.get('sparsity')}"
-            ax.annotate(text, (p[x], p["mlm_loss"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            text = ax.annotate(_point_note(p), (p[x], p["mlm_loss"]), fontsize=7,
+                               xytext=(4, 3), textcoords="offset points")
+            text.set_in_layout(False)  # a long note must not squeeze the axes
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(pyplot().NullFormatter())
     ax.set_xlabel(xlabel)
@@ -155,10 +167,11 @@ def draw_all(rows: list[dict[str, Any]], points: list[dict[str, Any]], out: Path
     out.mkdir(parents=True, exist_ok=True)
     paths = [learning_rates(points, out) if _rate_sweep(points) else pareto(points, out),
              curves.training_curves(rows, points, out)]
+    dynamic = [p for p in points if p.get("method") == "dynamic"]  # static runs: n = 0
     for setting, label in (("n_updates", "number of pattern updates n"),
                            ("prune_ratio", "initial pruning ratio")):
-        if _varies(points, setting):
-            paths.append(against_setting(points, setting, label, out))
+        if _varies(dynamic, setting):
+            paths.append(against_setting(dynamic, setting, label, out))
     if _varies(points, "block_size"):
         paths.append(block_sizes(points, out))
     if _varies(points, "regrow"):
