@@ -107,9 +107,10 @@ DERIVED = {"model.intermediate_size": lambda f: 4 * f["model.hidden_size"],
 
 
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
-    """Dotted config keys whose values differ between the runs that have them (seeds and
-    names excepted; a dense run has no block size, which does not make the block size
-    vary), less model settings that only follow the hidden size (FFN 4H, H/64 heads)."""
+    """Dotted config keys whose values differ between the runs that have them, or that
+    some runs of a method set and others not (seeds and names excepted; a dense run has no
+    block size, which does not make the block size vary), less model settings that only
+    follow the hidden size (FFN 4H, H/64 heads)."""
     flat = [_flatten(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
 
@@ -117,9 +118,16 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
         return k in DERIVED and all(f.get(k) == DERIVED[k](f) for f in flat
                                     if f.get(k) is not None and f.get("model.hidden_size"))
 
-    return [k for k in keys if not k.startswith(IGNORED_PREFIXES) and not derived(k)
-            and len({json.dumps(f[k], sort_keys=True, default=str) for f in flat
-                     if f.get(k) is not None}) > 1]
+    def varies(k: str) -> bool:
+        values = {json.dumps(f[k], sort_keys=True, default=str) for f in flat if f.get(k) is not None}
+        if len(values) > 1:
+            return True
+        by_method: dict[Any, set[bool]] = {}  # set in some runs of a method, not in others
+        for f in flat:
+            by_method.setdefault(f.get("sparsity.method"), set()).add(f.get(k) is None)
+        return any(len(present) > 1 for present in by_method.values())
+
+    return [k for k in keys if not k.startswith(IGNORED_PREFIXES) and not derived(k) and varies(k)]
 
 
 def collect_runs(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:

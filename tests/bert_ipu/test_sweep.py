@@ -171,6 +171,16 @@ def test_a_rate_sweep_over_methods_and_widths_gets_the_learning_rate_figure(tmp_
     assert "learning_rate.png" in names and "pareto.png" not in names
 
 
+def test_a_setting_present_in_some_runs_of_a_method_only_varies():
+    from bert_ipu.sweep.collect import varying_keys
+
+    dense = {"sparsity": {"method": "dense", "sparsity": 0.0}}
+    dyn = {"sparsity": {"method": "dynamic", "sparsity": 0.9, "block_size": 16}}
+    frozen = {"sparsity": {**dyn["sparsity"], "freeze_until_step": 400}}
+    assert varying_keys([dense, dyn]) == ["sparsity.method", "sparsity.sparsity"]
+    assert "sparsity.freeze_until_step" in varying_keys([dense, dyn, frozen])
+
+
 def test_collect_cli_errors(tmp_path, capsys):
     assert main(["collect", str(tmp_path / "missing")]) == 2
     assert main(["collect", str(tmp_path)]) == 2
