@@ -44,9 +44,17 @@ def config_changed(run: SweepRun) -> bool:
     if not saved.is_file():
         return False
     try:
-        return applied_config_dict(load_config(saved)) != applied_config_dict(run.config)
+        return _settings(load_config(saved)) != _settings(run.config)
     except ConfigError:
         return True
+
+
+def _settings(cfg) -> dict:
+    """What a run computes (a resumed attempt saves `resume_training_from_checkpoint`)."""
+    out = applied_config_dict(cfg)
+    out["checkpoint"] = {k: v for k, v in out["checkpoint"].items()
+                         if k != "resume_training_from_checkpoint"}
+    return out
 
 
 def run_state(run: SweepRun) -> str:

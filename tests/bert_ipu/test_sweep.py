@@ -95,6 +95,9 @@ def test_run_state_skips_finished_and_resumes_interrupted(tmp_path):
     assert run_state(run) == "done"
     save_config(run.config, run.output_dir / "config.yaml")  # as the trainer writes it
     assert run_state(run) == "done"
+    resumed = load_config(run.config_path, list(run.overrides) + [RESUME])
+    save_config(resumed, run.output_dir / "config.yaml")  # a resumed attempt's record
+    assert run_state(run) == "done"
     # the sweep file's rate was changed after the run: its folder is run again
     changed = expand_sweep(write_sweep(tmp_path, "overrides: [training.training_steps=10, "
                                                  "training.learning_rate=0.5]\n"))[0]
