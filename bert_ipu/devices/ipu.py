@@ -24,7 +24,7 @@ from torch import nn
 
 from bert_ipu.devices.ipu_state import DeviceMoments
 from bert_ipu.model import sparse_modules
-from bert_ipu.train.step import StepResult, unpipelined_view
+from bert_ipu.train.step import StepResult, UnpipelinedCheckpoints
 
 
 def stage_boundaries(layers_per_ipu: Sequence[int]) -> list[int]:
@@ -107,7 +107,7 @@ class _Losses(nn.Module):
         return poptorch.identity_loss(out.loss, reduction="none"), out.mlm_loss, out.nsp_loss
 
 
-class IpuRunner:
+class IpuRunner(UnpipelinedCheckpoints):
     """One optimizer step per call on the IPUs (accumulation and replication happen on
     the device); the host model is the copy the DynSp controller edits.
 
@@ -132,13 +132,6 @@ class IpuRunner:
         self.controller_optimizer = self.moments
         self.trained: Any = model
         self.dynsp_options: dict[str, Any] = {}
-
-    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]:
-        """No files beyond the common ones."""
-        return {}
-
-    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]:
-        return unpipelined_view(loaded)
 
     def step(self, run: Any, t: int) -> StepResult:
         """One PopTorch call runs accumulation, replication, clipping and AdamW on the

@@ -60,7 +60,19 @@ class StepResult:
     """The DynSp controller's metrics when t was an update step."""
 
 
-class TorchStepRunner:
+class UnpipelinedCheckpoints:
+    """Checkpoint hooks of a runner whose whole model lives in one program (CPU/CUDA
+    processes, a PopTorch executable): no extra files, pipelined checkpoints refused."""
+
+    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]:
+        """No files beyond the common ones."""
+        return {}
+
+    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]:
+        return unpipelined_view(loaded)
+
+
+class TorchStepRunner(UnpipelinedCheckpoints):
     """The step of CPU and CUDA runs (see the module docstring)."""
 
     def __init__(self, device: "Device", core: nn.Module, groups: list[dict[str, Any]],
@@ -81,13 +93,6 @@ class TorchStepRunner:
                                   device.torch_device)
         self.trained: Any = core
         self.dynsp_options: dict[str, Any] = {}
-
-    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]:
-        """No files beyond the common ones."""
-        return {}
-
-    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]:
-        return unpipelined_view(loaded)
 
     def sync_to_host(self) -> None:
         """Nothing to do: the weights live in the host-visible module."""

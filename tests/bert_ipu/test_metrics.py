@@ -93,11 +93,14 @@ def test_per_layer_metrics_go_to_their_own_file(tiny_data, tmp_path):
     assert any(k.startswith("dof/") for k in layers[0]) and "density/" in "".join(layers[0])
 
 
-def test_eval_lines_are_written_between_bar_updates(monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal (the progress bar draws itself)."""
 
+    def isatty(self) -> bool:
+        return True
+
+
+def test_eval_lines_are_written_between_bar_updates(monkeypatch):
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
     progress = Progress(total=10, initial=0, enabled=True)
@@ -116,10 +119,6 @@ def test_progress_line_without_a_terminal_shows_loss_rate_and_eta(capsys):
 
 
 def test_progress_bar_on_a_terminal_shows_loss_rate_and_eta(monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
     progress = Progress(total=10, initial=0, enabled=True)
