@@ -34,6 +34,16 @@ def _seed(v: int) -> bool:
     return 0 <= v < 2**63
 
 
+def default_heads(hidden_size: int) -> int:
+    """Attention heads when model.num_attention_heads is null: head size 64."""
+    return max(hidden_size // 64, 1)
+
+
+def default_intermediate(hidden_size: int) -> int:
+    """FFN width when model.intermediate_size is null: 4H."""
+    return 4 * hidden_size
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """BERT shape (Hugging Face BertConfig names) and regularisation."""
@@ -74,9 +84,9 @@ class ModelConfig:
                       "is null", None)
                 object.__setattr__(self, name, getattr(MODEL_SIZES[self.size], name))
         if self.num_attention_heads is None:
-            object.__setattr__(self, "num_attention_heads", max(self.hidden_size // 64, 1))
+            object.__setattr__(self, "num_attention_heads", default_heads(self.hidden_size))
         if self.intermediate_size is None:
-            object.__setattr__(self, "intermediate_size", 4 * self.hidden_size)
+            object.__setattr__(self, "intermediate_size", default_intermediate(self.hidden_size))
         _check_ranges(self, {
             "hidden_size": (_pos, "an integer > 0"),
             "num_hidden_layers": (_pos, "an integer > 0"),

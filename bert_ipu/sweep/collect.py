@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bert_ipu.config.sections import default_heads, default_intermediate
 from bert_ipu.model.sizes import MODEL_SIZES
 from bert_ipu.schema import parse_yaml_value
 from bert_ipu.sweep.runner import RUN_RECORD
@@ -76,7 +77,7 @@ def nonembedding_params(config: dict[str, Any]) -> float:
     size = MODEL_SIZES.get(model.get("size") or "", None)
     h = model.get("hidden_size") or (size.hidden_size if size else 0)
     layers = model.get("num_hidden_layers") or (size.num_hidden_layers if size else 0)
-    inter = model.get("intermediate_size") or 4 * h
+    inter = model.get("intermediate_size") or default_intermediate(h)
     density = 1.0 - float(config.get("sparsity", {}).get("sparsity") or 0.0)
     return float(layers * (4 * h * h + 2 * h * inter) * density)
 
@@ -102,8 +103,8 @@ def _run_row(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 
 # Model settings that follow the hidden size unless set: not shown when they do.
-DERIVED = {"model.intermediate_size": lambda f: 4 * f["model.hidden_size"],
-           "model.num_attention_heads": lambda f: max(f["model.hidden_size"] // 64, 1)}
+DERIVED = {"model.intermediate_size": default_intermediate,
+           "model.num_attention_heads": default_heads}
 
 
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
@@ -115,7 +116,7 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
     keys = sorted({k for f in flat for k in f})
 
     def derived(k: str) -> bool:
-        return k in DERIVED and all(f.get(k) == DERIVED[k](f) for f in flat
+        return k in DERIVED and all(f.get(k) == DERIVED[k](f["model.hidden_size"]) for f in flat
                                     if f.get(k) is not None and f.get("model.hidden_size"))
 
     def varies(k: str) -> bool:
