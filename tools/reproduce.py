@@ -1,6 +1,6 @@
 """The reproduction suite, unattended and resumable (`make reproduce`, docs/results/README.md).
 
-    python -m dynsp_tools.reproduce [--suite cpu|gpu] [--only NAME ...] [--dry-run] [--jobs N]
+    python -m dynsp_tools.reproduce [--suite cpu|cpu_b16|gpu] [--only NAME ...] [--dry-run] [--jobs N]
 
 Every sweep of configs/sweeps/<suite>/ is validated first (a bad file stops everything,
 exit 2, before any run); then, in order (lr first), each sweep runs its unfinished runs
@@ -28,13 +28,20 @@ from bert_ipu.sweep.runner import RUN_RECORD, plan_lines, run_state, run_sweep
 from bert_ipu.sweep.spec import SweepRun, expand_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-JOBS = {"cpu": 2, "gpu": 1}  # default runs at a time (configs/base/repro_cpu.yaml: 1 thread each)
-ORDER = ("lr", "pareto", "n_updates", "prune_ratio", "regrow", "ablations", "block_size")
+JOBS = {"cpu": 2, "cpu_b16": 2, "gpu": 1}  # default runs at a time (CPU suites: 1 thread a run)
+_FIRST_SUITE = ("lr", "pareto", "n_updates", "prune_ratio", "regrow", "ablations", "block_size")
+# The sweeps of each suite, in the order they run (lr first: the others use its winners).
+SUITES = {
+    "cpu": ("lr", "dose", "prose_gate", "prose"),  # the paper's settings (issue 18)
+    "cpu_b16": _FIRST_SUITE,                       # the first, 16 x 16-block CPU suite
+    "gpu": _FIRST_SUITE,
+}
+ORDER = tuple(dict.fromkeys(n for names in SUITES.values() for n in names))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dynsp_tools.reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--suite", choices=tuple(SUITES), default="cpu")
     p.add_argument("--only", nargs="+", choices=ORDER, help="these sweeps only")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--jobs", type=int, default=None,
@@ -123,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or JOBS[args.suite]
     folder = ROOT / "configs" / "sweeps" / args.suite
     try:
-        sweeps = {n: expand_sweep(folder / f"{n}.yaml") for n in (args.only or ORDER)}
+        names = [n for n in SUITES[args.suite] if not args.only or n in args.only]
+        unknown = sorted(set(args.only or ()) - set(SUITES[args.suite]))
+        if unknown:
+            raise ConfigError(f"--only: suite {args.suite} has no sweep {', '.join(unknown)} "
+                              f"(it has {', '.join(SUITES[args.suite])})")
+        sweeps = {n: expand_sweep(folder / f"{n}.yaml") for n in names}
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
