@@ -37,6 +37,12 @@ SUITES = {
     "gpu": _FIRST_SUITE,
 }
 ORDER = tuple(dict.fromkeys(n for names in SUITES.values() for n in names))
+# A sweep that runs only when an earlier one passes its gate: (suite, sweep) -> gate sweep
+# (dynsp_tools.claims.gate decides from the gate sweep's runs and says why).
+GATED = {("cpu", "prose"): "prose_gate"}
+# Corpora the suite's configs read from data/<name> (configs/base/repro_cpu_prose.yaml):
+# linked from the developers' offline copy (../shared/data/<name>) when it is missing.
+CORPORA = {"cpu": ("sotu",)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -124,6 +130,44 @@ def write_run_md(path: Path, suite: str, sweeps: dict[str, list[SweepRun]], wall
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def runs_root(sweeps: dict[str, list[SweepRun]]) -> Path:
+    """The folder holding the suite's sweep folders (runs/repro/<suite>)."""
+    first = next(iter(sweeps.values()))[0]
+    return first.output_dir.parent.parent
+
+
+def link_corpora(suite: str) -> str:
+    """Link data/<name> to ../shared/data/<name> where the suite needs a corpus that is not
+    there; '' when every corpus is present, else a one-line error naming what is missing."""
+    for name in CORPORA.get(suite, ()):
+        target = ROOT / "data" / name
+        if target.exists():
+            continue
+        offline = ROOT.parent / "shared" / "data" / name
+        if not offline.is_dir():
+            return (f"suite {suite} reads the {name} corpus from {target}, which does not exist "
+                    f"(put the text files there; docs/results/README.md says where to get them)")
+        if target.is_symlink():  # a dangling link of ours: point it at the copy again
+            target.unlink()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(offline, target_is_directory=True)
+    return ""
+
+
+def gate_closed(suite: str, name: str, sweeps: dict[str, list[SweepRun]], out: Path) -> str:
+    """'' when sweep `name` may run; else why not (also written to out/name/GATE.md)."""
+    gate_sweep = GATED.get((suite, name))
+    if gate_sweep is None or gate_sweep not in sweeps:
+        return ""
+    from dynsp_tools import claims
+
+    ok, why = claims.gate(sweeps[gate_sweep][0].output_dir.parent)
+    (out / name).mkdir(parents=True, exist_ok=True)
+    (out / name / "GATE.md").write_text(f"# Gate of `{name}` (from `{gate_sweep}`)\n\n{why}\n",
+                                        encoding="utf-8")
+    return "" if ok else why
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; 0 all finished, 1 some run did not, 2 bad input."""
     args = parse_args(argv)
@@ -143,9 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {len(runs)} runs\n" + "\n".join(plan_lines(runs)), file=sys.stderr)
     if args.dry_run:
         return 0
+    missing = link_corpora(args.suite)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     start, failed = time.monotonic(), 0
     out = Path(args.results) / args.suite
     for name, runs in sweeps.items():
+        held = gate_closed(args.suite, name, sweeps, out)
+        if held:
+            print(f"{name}: not run, {held}", file=sys.stderr)
+            continue
         codes = run_sweep(runs, jobs, log=lambda s: print(f"{name} {s}", file=sys.stderr, flush=True))
         failed += sum(c != 0 for c in codes.values())
         try:
@@ -153,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ImportError) as err:
             print(f"warning: {name}: collect failed: {err}", file=sys.stderr)
         write_run_md(out / "RUN.md", args.suite, sweeps, time.monotonic() - start, jobs)
+    if args.suite == "cpu":
+        from dynsp_tools import claims
+
+        claims.write(runs_root(sweeps), out)
     print(f"suite {args.suite}: {failed} runs did not finish; results in {out}", file=sys.stderr)
     return 1 if failed else 0
 

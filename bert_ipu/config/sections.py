@@ -132,7 +132,7 @@ class SparsityConfig(DynSpSettings):
     freeze_from_step: int | None = None
     """Weights freeze from this step on (second-half ablation)."""
     backend: str = field(default="auto", metadata=choices(lambda: [AUTO] + backend_names()))
-    """Sparse matmul kernel backend of SparseLinear (auto: measured rules per device)."""
+    """Sparse matmul kernel backend of SparseLinear (auto: each product timed once per problem on the CPU, cached on disk; fixed rules on other devices)."""
     seed: int | None = None
     """Seed of the initial patterns and of the pattern updates (null: training.seed)."""
 

@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#include <chrono>
+#include <algorithm>
 
 namespace {
 
@@ -107,9 +109,13 @@ AVX512_FN inline void rowgemm_tile16_avx512(const float* ap, const float* P,
   for (int64_t k = k0; k < k1; ++k) {
     const float* pk = P + k * 256;
     const float* a = ap + other[k] * (TN * 16);
-    if (k + 1 < k1) {
-      _mm_prefetch(reinterpret_cast<const char*>(P + (k + 1) * 256), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(P + (k + 1) * 256 + 128), _MM_HINT_T0);
+    if (k + 1 < k1) {  // the next block's P and this tile's A entries for it
+      const char* pn = reinterpret_cast<const char*>(P + (k + 1) * 256);
+      const char* an = reinterpret_cast<const char*>(ap + other[k + 1] * (TN * 16));
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) _mm_prefetch(pn + 64 * t, _MM_HINT_T0);
+#pragma GCC unroll 16
+      for (int t = 0; t < TN; ++t) _mm_prefetch(an + 64 * t, _MM_HINT_T0);
     }
 #pragma GCC unroll 16
     for (int q = 0; q < 16; ++q) {
@@ -196,6 +202,40 @@ AVX2_FN void sddmm8_avx2(const float* dy, int64_t ldy, const float* x, int64_t l
   }
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dv + i * 8, acc[i]);
+}
+
+// ---------------------------------------------------------------------------------
+// Peak: independent FMA chains in registers (no memory), for the benchmarks' "fraction of
+// the core's peak". Returns the sum of the accumulators so nothing is optimised away.
+
+AVX2_FN float fma_loop_avx2(int64_t iters) {
+  __m256 acc[12];
+  const __m256 b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+#pragma GCC unroll 12
+  for (int j = 0; j < 12; ++j) acc[j] = _mm256_set1_ps(static_cast<float>(j));
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; ++j) acc[j] = _mm256_fmadd_ps(acc[j], b, c);
+  }
+  __m256 s = acc[0];
+  for (int j = 1; j < 12; ++j) s = _mm256_add_ps(s, acc[j]);
+  float out[8];
+  _mm256_storeu_ps(out, s);
+  return out[0];
+}
+
+AVX512_FN float fma_loop_avx512(int64_t iters) {
+  __m512 acc[12];
+  const __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+#pragma GCC unroll 12
+  for (int j = 0; j < 12; ++j) acc[j] = _mm512_set1_ps(static_cast<float>(j));
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; ++j) acc[j] = _mm512_fmadd_ps(acc[j], b, c);
+  }
+  __m512 s = acc[0];
+  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, acc[j]);
+  return _mm512_reduce_add_ps(s);
 }
 
 // ---------------------------------------------------------------------------------
@@ -363,6 +403,23 @@ std::string isa_name() {
   }
 }
 
+// One core's fp32 FMA peak in GFLOP/s with the widest vectors the kernels use (best of
+// `rounds` timed loops of `iters` iterations x 12 independent FMA chains).
+double peak_gflops(int64_t iters, int64_t rounds) {
+  const Isa isa = active_isa();
+  TORCH_CHECK(isa != Isa::none, "cpp_bsr: this CPU has no AVX2 + FMA");
+  const int lanes = isa == Isa::avx512 ? 16 : 8;
+  double best = 0.0;
+  volatile float sink = 0.0f;
+  for (int64_t r = 0; r < rounds; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    sink = sink + (isa == Isa::avx512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters));
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * lanes * 12.0 * static_cast<double>(iters) / s / 1e9);
+  }
+  return best;
+}
+
 // Tests: restrict the kernels to a lower instruction set (-1: the CPU's best).
 void force_isa(int64_t level) { g_force = static_cast<int>(level); }
 
@@ -381,6 +438,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_gemm", &row_gemm, "row GEMM: forward / grad-input of a block-sparse layer");
   m.def("sddmm", &sddmm, "sampled dY^T X at the active blocks");
   m.def("isa", &isa_name, "instruction set the kernels use");
+  m.def("peak_gflops", &peak_gflops, "one core's fp32 FMA peak (GFLOP/s)");
   m.def("force_isa", &force_isa, "restrict the kernels to a lower instruction set (tests)");
   m.def("keep_large_allocations", &keep_large_allocations, "raise glibc's mmap threshold");
 }
