@@ -1,8 +1,15 @@
 """Benchmark SparseLinear kernels against dense nn.Linear (fwd + bwd), pattern updates, memory.
 
-    python tools/bench_ops.py [--device cpu|cuda] [--suite linear|kernels|all] [--quick] [--json PATH]
+    python tools/bench_ops.py [--device cpu|cuda] [--suite linear|step|kernels|all] [--quick] [--json PATH]
 
-Two suites; every ratio compares variants measured in the same run.
+Three suites; every ratio compares variants measured in the same run.
+
+``step`` (CPU): a layer's whole training step (forward, grad-input, grad-values through
+autograd, then AdamW) for BERT-Base layers (default: the FFN, 4HxH and Hx4H, H = 768),
+N = 4096 tokens, s = 0.9, B = 16 and 8, fp32 and bf16 autocast, 1 and 2 threads: per
+backend the speed-up over dense nn.Linear + AdamW (min and median over interleaved
+rounds), useful GFLOP/s against the core's measured FMA peak, and the paper's epsilon
+(time per sparse FLOP / time per dense FLOP; benchlib/cpu_step.py).
 
 ``linear`` (default on CPU): each row is one layer case; backend cells read
 ``ratio (ms)`` where ratio = time / dense nn.Linear time at the same dtype, measured
@@ -37,9 +44,10 @@ from typing import Any, Callable
 
 import torch
 
+from dynsp_tools.benchlib import cpu_step
 from dynsp_tools.benchlib import layers as bench
 
-BACKENDS = ("auto", "dense", "bsr", "gather_bmm")
+BACKENDS = ("auto", "dense", "bsr", "gather_bmm", "cpp")
 LINEAR_SHAPES = ("HxH", "3HxH", "4HxH", "Hx4H")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,9 +55,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--suite", choices=("linear", "kernels", "all"),
-                   help="linear: SparseLinear backends vs nn.Linear; kernels: Triton vs cuBLAS vs "
-                        "torch.sparse on CUDA (default: kernels with --device cuda, else linear)")
+    p.add_argument("--suite", choices=("linear", "step", "kernels", "all"),
+                   help="linear: SparseLinear backends vs nn.Linear; step: a layer's fwd + bwd + "
+                        "AdamW vs dense on the CPU, with GFLOP/s and epsilon; kernels: Triton vs "
+                        "cuBLAS vs torch.sparse on CUDA (default: kernels with --device cuda, else linear)")
+    p.add_argument("--threads", type=int, nargs="+", help="step suite: thread counts (default 1 2)")
     p.add_argument("--quick", action="store_true", help="BERT-Base layers, B=16, fp32 (~2 min on 2 CPU cores)")
     p.add_argument("--json", type=Path, help="write all rows and the machine as JSON here "
                    "(default: runs/bench/bench_ops_<device>.json)")
@@ -113,6 +123,43 @@ def run_linear(args: argparse.Namespace, device: torch.device,
     return rows
 
 
+STEP_HEADER = ["layer", "O x I", "B", "dtype", "thr", "nn.Linear ms (min/med)", "variant", "ms (min/med)",
+               "speed-up min/med", "GFLOP/s", "% peak", "epsilon"]
+
+
+def run_step(args: argparse.Namespace,
+             save: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+    """The CPU layer-step suite: one table row per (case, backend); `save` after each case."""
+    shapes = {n: (bench.KERNEL_SHAPES[n][0] * h, bench.KERNEL_SHAPES[n][1] * h)
+              for n in (args.shapes or ("4HxH", "Hx4H")) for h in (args.hidden or (768,))[:1]}
+    cases = cpu_step.step_cases(shapes, (args.tokens or [4096])[0], (args.sparsity or [0.9])[0],
+                                tuple(args.block_sizes or (16, 8)), tuple(args.amp or ("fp32", "bf16")),
+                                tuple(args.threads or (1, 2)))
+    backends = list(args.backends or ("auto", "cpp", "dense", "gather_bmm", "bsr"))
+    peak = cpu_step.peak_gflops()
+    print(f"core fp32 FMA peak (measured): {peak:.1f} GFLOP/s" if peak else "core peak: n/a (no C++ extension)")
+    rows, cells = [], []
+    for case in cases:
+        times = cpu_step.bench_step(case, backends, repeats=args.repeats or 7)
+        extra = cpu_step.derived(case, times, peak)
+        rows.append({"case": case.__dict__, "ms": times, "derived": extra, "peak_gflops": peak})
+        d = times[cpu_step.BASELINE]
+        for name in [cpu_step.BASELINE] + [b for b in backends if b in times]:
+            t, x = times[name], extra[name]
+            ratio = "1" if name == cpu_step.BASELINE else f"{x['speedup_min']:.2f}/{x['speedup_median']:.2f}"
+            cells.append([case.name, f"{case.out_features}x{case.in_features}", case.block_size, case.amp,
+                          case.threads, f"{d['min_ms']:.1f}/{d['median_ms']:.1f}", name,
+                          f"{t['min_ms']:.1f}/{t['median_ms']:.1f}", ratio, f"{x['gflops']:.0f}",
+                          f"{100 * x['peak_fraction']:.0f}" if x["peak_fraction"] else "n/a",
+                          f"{x['epsilon']:.2f}" if "epsilon" in x else "-"])
+        print(f"{case.name} B={case.block_size} {case.amp} threads={case.threads}: "
+              + ", ".join(f"{n} {extra[n]['speedup_median']:.2f}x" for n in times if n != cpu_step.BASELINE),
+              flush=True)
+        save(rows)
+    print(bench.format_table(STEP_HEADER, cells))
+    return rows
+
+
 KERNEL_HEADER = ["shape", "role", "N", "s", "B", "dtype", "dense ms", "t.sparse ms", "triton ms",
                  "x dense", "x t.sparse", "roofline ms", "roofline frac", "bound x", "fwd rel err"]
 
@@ -167,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device(args.device)
     suite = args.suite or ("kernels" if device.type == "cuda" else "linear")
-    if suite != "linear" and device.type != "cuda":
+    if suite in ("kernels", "all") and device.type != "cuda":
         print(f"bench_ops: --suite {suite} needs --device cuda (Triton kernels vs cuBLAS); nothing to do.")
+        return 0
+    if suite == "step" and device.type != "cpu":
+        print("bench_ops: --suite step measures the CPU kernels (--device cpu); nothing to do.")
         return 0
     info = bench.machine_info(device)
     print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
@@ -187,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if suite in ("linear", "all"):
         run_linear(args, device, save("rows"))
+    if suite == "step":
+        run_step(args, save("step_rows"))
     if suite in ("kernels", "all"):
         run_kernels(args, save("kernel_rows"))
     out["complete"] = True

@@ -12,6 +12,8 @@ the timed steps; their time is reported and taken out of the throughput
 (tools/bench_updates.py measures what updates cost a run).
 
 Columns (ratios are against dense of the same size, measured in the same run):
+* ``epsilon``: time per non-embedding training FLOP over dense's (the paper's wall-clock
+  criterion; docs/results/kernels.md);
 * ``seq/s``: sequences per step / median step time (robust to load bursts on a shared
   machine; the mean-based numbers are in the JSON);
 * ``spread``: (max - min) / median of the timed step times without an update; a ratio
@@ -68,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=True,
                    help="synthetic token batches (default) or the config's data (--no-synthetic)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--profile", type=int, default=0, metavar="TOP",
+                   help="also profile 2 steps of each variant and print its TOP operators by self time")
     p.add_argument("--json", type=Path, default=Path("runs/bench/bench_train.json"))
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = p.parse_args(argv)
@@ -80,7 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Adds ``*_vs_dense`` for throughput, peak memory and state bytes (same size)."""
+    """Adds ``*_vs_dense`` for throughput, peak memory and state bytes (same size), and
+    ``epsilon``: the paper's wall-clock criterion, time per non-embedding training FLOP
+    (docs/flops.md) of the row over that of dense."""
     keys = ("sequences_per_second_median", "peak_memory_bytes", "state_bytes_model",
             "state_bytes_encoder_linears")
     dense = {r["size"]: r for r in rows if r["variant"] == "dense"}
@@ -88,6 +94,9 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d = dense.get(r["size"])
         for k in keys:
             r[f"{k}_vs_dense"] = r[k] / d[k] if d and d[k] else None
+        rate, flops = r["sequences_per_second_median"], r.get("flops_per_sequence")
+        r["epsilon"] = ((d["sequences_per_second_median"] * d["flops_per_sequence"]) / (rate * flops)
+                        if d and rate and flops and d.get("flops_per_sequence") else None)
     return rows
 
 
@@ -118,10 +127,10 @@ def _ratio(value: float | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["size", "variant", "seq/s", "vs dense", "spread", "peak MiB", "vs dense", "state MiB", "vs dense",
+    head = ["size", "variant", "seq/s", "vs dense", "epsilon", "spread", "peak MiB", "vs dense", "state MiB", "vs dense",
             "enc-linear state MiB", "vs dense", "update ms"]
     cells = [[r["size"], r["variant"], f"{r['sequences_per_second_median']:.2f}",
-              _ratio(r["sequences_per_second_median_vs_dense"]),
+              _ratio(r["sequences_per_second_median_vs_dense"]), _ratio(r.get("epsilon")),
               f"{r['step_time_spread']:.0%}", f"{r['peak_memory_bytes'] / MIB:.0f}", _ratio(r["peak_memory_bytes_vs_dense"]),
               f"{r['state_bytes_model'] / MIB:.1f}", _ratio(r["state_bytes_model_vs_dense"]),
               f"{r['state_bytes_encoder_linears'] / MIB:.1f}",
@@ -157,7 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     for line in noise_warnings(rows):
         print(line)
-    out = {"machine": info, "config": args.config, "overrides": overrides, "steps": args.steps,
+    profiles = {}
+    if args.profile:
+        for size in args.sizes:
+            for name, extra in variants.items():
+                cfg_v = bm.bench_config(args.config, overrides + [f"model.size={size}"] + extra)
+                profiles[f"{size} {name}"] = bm.profile_case(cfg_v, top=args.profile, synthetic=args.synthetic)
+                print(f"profile of one {size} {name} step (self time):")
+                print(format_table(["operator", "ms / step", "share"],
+                                   [[p["op"], f"{p['ms_per_step']:.1f}", f"{p['share']:.1%}"]
+                                    for p in profiles[f"{size} {name}"]]))
+    out = {"machine": info, "config": args.config, "profiles": profiles, "overrides": overrides, "steps": args.steps,
            "warmup": args.warmup, "synthetic": args.synthetic, "sparsity": args.sparsity,
            "variants": variants, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)

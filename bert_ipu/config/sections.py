@@ -209,7 +209,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip (0 = off)."""
     precision: str = field(default="fp32", metadata=choices(lambda: PRECISIONS))
-    """Matmul precision (auto: bf16 on CUDA or AMX CPUs, else fp32); masters stay fp32."""
+    """Matmul precision (auto: bf16 on CUDA and on CPUs with native bf16 matmuls, AMX or AVX512-BF16; else fp32); masters stay fp32."""
     loss_scaling: float = 512.0
     """fp16 static loss scale (the initial scale when auto_loss_scaling)."""
     auto_loss_scaling: bool = False

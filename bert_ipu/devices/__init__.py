@@ -15,7 +15,7 @@ from bert_ipu.devices.base import (
     AUTO, DEVICES, Device, DeviceError, device_kinds, register_device, resolve_device,
 )
 from bert_ipu.devices.ipu_device import poptorch_available
-from bert_ipu.devices.torch_devices import cpu_has_amx
+from bert_ipu.devices.torch_devices import cpu_has_bf16_matmul
 
 __all__ = ["AUTO", "DEVICES", "Device", "DeviceError", "device_kinds", "register_device",
-           "resolve_device", "poptorch_available", "cpu_has_amx"]
+           "resolve_device", "poptorch_available", "cpu_has_bf16_matmul"]

@@ -9,8 +9,15 @@ import torch
 from bert_ipu.devices.base import Device, register_device
 
 
-def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU has AMX bf16 tiles (fast bf16 matmuls through oneDNN)."""
+# CPU flags of native bf16 matrix arithmetic: AMX tiles, or AVX-512 BF16 dot products
+# (VDPBF16PS). With either, oneDNN's bf16 GEMM beats fp32 (measured, docs/results/kernels.md:
+# 2.4x on an AMD Zen 4 with AVX512-BF16 and no AMX; 8-10x with AMX); without, bf16 is
+# emulated and slower than fp32.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_bf16_matmul(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU has native bf16 matrix support (AMX or AVX512-BF16)."""
     capability = str(torch.backends.cpu.get_cpu_capability()).upper()
     if "AMX" in capability:
         return True
@@ -18,18 +25,21 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return False
-    return "amx_bf16" in text
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return any(f in flags for f in BF16_FLAGS)
 
 
 @register_device
 class CpuDevice(Device):
-    """The host CPU: gloo for several ranks; bf16 autocast by default where AMX is."""
+    """The host CPU: gloo for several ranks; bf16 autocast by default where the CPU has
+    native bf16 matrix support (AMX or AVX512-BF16), fp32 elsewhere."""
 
     kind = "cpu"
     auto_priority = 1
 
     def default_precision(self) -> str:
-        return "bf16" if cpu_has_amx() else "fp32"
+        return "bf16" if cpu_has_bf16_matmul() else "fp32"
 
 
 @register_device

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from sparse_ops.format import BlockSparseMatrix
 from sparse_ops.kernels import cpp_build
@@ -64,16 +65,19 @@ class CppBackend(Backend):
         seg_ptr, other = self._csr(w)
         p = w.values.transpose(1, 2).contiguous()               # P[k][q][o] = V[k][o][q]
         b = bias.contiguous() if bias is not None else torch.empty(0)
-        return self._ext().row_gemm(x.contiguous(), p, seg_ptr, other, w.shape[0], b)
+        with record_function("cpp_bsr::forward"):
+            return self._ext().row_gemm(x.contiguous(), p, seg_ptr, other, w.shape[0], b)
 
     def grad_input(self, dy: Tensor, w: BlockSparseMatrix) -> Tensor:
         perm, seg_ptr, other = self._csc(w)
         p = w.values.index_select(0, perm).contiguous()         # P[k][q][o] = V[perm k][q][o]
-        return self._ext().row_gemm(dy.contiguous(), p, seg_ptr, other, w.shape[1], torch.empty(0))
+        with record_function("cpp_bsr::grad_input"):
+            return self._ext().row_gemm(dy.contiguous(), p, seg_ptr, other, w.shape[1], torch.empty(0))
 
     def grad_values(self, dy: Tensor, x: Tensor, w: BlockSparseMatrix) -> Tensor:
         rows, cols = cached(w, "cpp.coo", lambda: (w.rows.long().contiguous(), w.cols.long().contiguous()))
-        return self._ext().sddmm(dy.contiguous(), x.contiguous(), rows, cols, w.block_size)
+        with record_function("cpp_bsr::grad_values"):
+            return self._ext().sddmm(dy.contiguous(), x.contiguous(), rows, cols, w.block_size)
 
 
 BACKEND = register_backend(CppBackend())

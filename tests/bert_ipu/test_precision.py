@@ -7,28 +7,32 @@ import torch
 from bert_ipu.train import precision as P
 
 
-def test_auto_is_bf16_on_cuda_and_follows_amx_on_cpu(monkeypatch):
+def test_auto_is_bf16_on_cuda_and_follows_native_bf16_on_cpu(monkeypatch):
     from bert_ipu.devices import torch_devices as TD
 
     assert TD.CudaDevice(torch.device("cuda")).resolve_precision("auto") == "bf16"
     cpu = TD.CpuDevice(torch.device("cpu"))
-    monkeypatch.setattr(TD, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(TD, "cpu_has_bf16_matmul", lambda: True)
     assert cpu.resolve_precision("auto") == "bf16"
-    monkeypatch.setattr(TD, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(TD, "cpu_has_bf16_matmul", lambda: False)
     assert cpu.resolve_precision("auto") == "fp32"
     assert cpu.resolve_precision("fp16") == "fp16"
 
 
-def test_cpu_has_amx_reads_cpuinfo(tmp_path, monkeypatch):
-    from bert_ipu.devices import cpu_has_amx
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
+    from bert_ipu.devices import cpu_has_bf16_matmul
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     info = tmp_path / "cpuinfo"
-    info.write_text("flags\t: fpu sse avx512f amx_bf16 amx_tile\n")
-    assert cpu_has_amx(info)
-    info.write_text("flags\t: fpu sse avx2\n")
-    assert not cpu_has_amx(info)
-    assert not cpu_has_amx(tmp_path / "missing")
+    info.write_text("model name\t: Xeon\nflags\t: fpu sse avx512f amx_bf16 amx_tile\n")
+    assert cpu_has_bf16_matmul(info)                     # Intel with AMX
+    info.write_text("flags\t: fpu sse avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16_matmul(info)                     # AMD Zen 4: AVX512-BF16, no AMX
+    info.write_text("flags\t: fpu sse avx2 fma\n")
+    assert not cpu_has_bf16_matmul(info)                 # AMD Zen 3: AVX2 only
+    info.write_text("model name\t: avx512_bf16 in a name\nflags\t: fpu avx2\n")
+    assert not cpu_has_bf16_matmul(info)                 # only the flags line counts
+    assert not cpu_has_bf16_matmul(tmp_path / "missing")
 
 
 def test_unknown_precision_is_named():

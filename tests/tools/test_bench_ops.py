@@ -110,3 +110,27 @@ def test_kernel_suite_on_gpu(tmp_path):
     assert 0 < row["roofline_fraction"] <= 1.5
     assert row["triton_forward_rel_err"] < 2e-2
     assert torch.cuda.is_available()
+
+
+def test_step_suite_reports_speedup_gflops_and_epsilon(tmp_path, capsys):
+    """Issue 19: the layer-step suite (fwd + bwd + AdamW) against nn.Linear in one run."""
+    path = tmp_path / "step.json"
+    argv = ["--suite", "step", "--hidden", "64", "--tokens", "96", "--sparsity", "0.75",
+            "--block-sizes", "16", "--amp", "fp32", "--shapes", "HxH", "--threads", "1",
+            "--backends", "reference", "dense", "--repeats", "2", "--json", str(path)]
+    assert bench_ops.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "epsilon" in printed and "% peak" in printed
+    row, = json.loads(path.read_text())["step_rows"]
+    assert set(row["ms"]) == {"nn.Linear", "reference", "dense"}  # the baseline is not overwritten
+    for name in ("reference", "dense"):
+        t, d = row["ms"][name], row["derived"][name]
+        assert 0 < t["min_ms"] <= t["median_ms"]
+        assert d["speedup_median"] == pytest.approx(row["ms"]["nn.Linear"]["median_ms"] / t["median_ms"])
+        # epsilon = (t_sparse / t_dense) / density
+        assert d["epsilon"] == pytest.approx(1 / d["speedup_median"] / 0.25)
+        assert d["gflops"] == pytest.approx(6 * 96 * 64 * 64 * 0.25 / (t["min_ms"] * 1e-3) / 1e9)
+
+
+def test_step_suite_needs_the_cpu(tmp_path, capsys):
+    assert bench_ops.main(["--suite", "step", "--device", "cuda", "--json", str(tmp_path / "x")]) == 0

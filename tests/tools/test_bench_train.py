@@ -38,6 +38,12 @@ def test_tiny_cpu_run_writes_json_with_ratios(tmp_path, capsys):
         assert r["sequences_per_second_median"] > 0 and r["peak_memory_bytes"] > 0
         assert r["peak_memory_method"] in ("rss_hwm_reset", "ru_maxrss_delta")
     assert rows["dense"]["state_bytes_model_vs_dense"] == 1.0
+    # epsilon: time per non-embedding FLOP over dense's (1 for dense itself)
+    assert rows["dense"]["epsilon"] == pytest.approx(1.0)
+    s = rows["static_b16"]
+    assert s["epsilon"] == pytest.approx(rows["dense"]["flops_per_sequence"] / s["flops_per_sequence"]
+                                         / s["sequences_per_second_median_vs_dense"])
+    assert "epsilon" in printed
     assert rows["dense"]["n_updates"] == rows["static_b16"]["n_updates"] == 0
     assert rows["dynsp_b16"]["n_updates"] == 1 and rows["dynsp_b16"]["update_time_s"] > 0
     # s = 0.9, B = 16: values + Adam moments + indices ~ 0.1 of the dense linears

@@ -10,18 +10,28 @@ from bert_ipu.sweep.spec import expand_sweep
 from dynsp_tools import reproduce
 
 
-def test_dry_run_plans_every_sweep_of_both_suites(capsys):
-    assert reproduce.main(["--dry-run"]) == 0
+def _planned(plan: str) -> int:
+    return plan.count("  start  ") + plan.count("  done  ") + plan.count("  resume") + plan.count("  redo  ")
+
+
+def test_dry_run_plans_every_sweep_of_every_suite(capsys):
+    assert reproduce.main(["--dry-run"]) == 0  # the default suite: cpu (the paper's settings)
     plan = capsys.readouterr().err
-    for name in reproduce.ORDER:
+    for name in reproduce.SUITES["cpu"]:
         assert f"{name}: " in plan
-    assert plan.count("  start  ") + plan.count("  done  ") + plan.count("  resume") + plan.count("  redo  ") == 60
+    assert _planned(plan) == sum(len(expand_sweep(reproduce.ROOT / "configs" / "sweeps" / "cpu" / f"{n}.yaml"))
+                                 for n in reproduce.SUITES["cpu"])
+    assert reproduce.main(["--suite", "cpu_b16", "--dry-run"]) == 0
+    plan = capsys.readouterr().err
+    for name in reproduce.SUITES["cpu_b16"]:
+        assert f"{name}: " in plan
+    assert _planned(plan) == 60  # the first CPU suite, unchanged
     assert reproduce.main(["--suite", "gpu", "--dry-run", "--only", "pareto"]) == 0
     assert "pareto: 15 runs" in capsys.readouterr().err
 
 
 def test_run_md_names_commit_machine_and_unfinished_runs(tmp_path):
-    runs = expand_sweep(reproduce.ROOT / "configs" / "sweeps" / "cpu" / "regrow.yaml")
+    runs = expand_sweep(reproduce.ROOT / "configs" / "sweeps" / "cpu_b16" / "regrow.yaml")
     # the sweep's runs moved to tmp_path; run 0 has the runner's record of a failure
     moved = [replace(r, config=load_config(r.config_path, list(r.overrides) +
                                             [f"output_dir={tmp_path / str(i)}"]))

@@ -305,3 +305,25 @@ def compare_training(config: str | Path | None, overrides: Sequence[str], sizes:
             log(f"{size} {name}: {rows[-1]['sequences_per_second_median']:.2f} seq/s, peak "
                 f"{rows[-1]['peak_memory_bytes'] / 2**20:.0f} MiB")
     return rows
+
+
+def profile_case(cfg: Config, steps: int = 2, top: int = 12, synthetic: bool = True) -> list[dict[str, Any]]:
+    """Where one training step's time goes: torch.profiler over `steps` steps after one
+    warm-up step; the `top` operators by self CPU time, each with ms per step and its
+    share of all self time (the C++ kernels show as `cpp_bsr::*`, the other sparse
+    backends inside `SparseLinearFunction*`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    c = build_bench_components(cfg, synthetic)
+    run = make_run(c, synthetic_batches(cfg) if synthetic else run_io.batch_stream(c.train_loader))
+    train_step(run)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(run)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    del c, run
+    gc.collect()
+    return [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+             "share": e.self_cpu_time_total / total} for e in events[:top]]

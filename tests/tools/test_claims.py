@@ -1,0 +1,100 @@
+"""Issue 18: the claim table's statistics, verdicts and gate, generated from run folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dynsp_tools import claims, reproduce
+
+
+def test_t_quantiles_match_the_tables() -> None:
+    for df, q in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (100, 1.984)):
+        assert claims.t_quantile(0.975, df) == pytest.approx(q, abs=1e-3)
+    assert claims.t_cdf(0.0, 3) == 0.5 and claims.t_cdf(1.0, 3) == pytest.approx(0.8045, abs=1e-4)
+
+
+def test_welch_interval_and_verdicts() -> None:
+    d = claims.Diff([1.0, 1.1, 0.9], [2.0, 2.2, 1.8])
+    low, high, df = d.interval()
+    # variances 0.01 and 0.04, 3 runs each: df = (0.05/3)^2 / ((0.01/3)^2/2 + (0.04/3)^2/2)
+    assert d.value == pytest.approx(-1.0) and df == pytest.approx(0.005 / 0.0017, abs=1e-3)
+    assert low < -1.0 < high < 0
+    assert claims.verdict(low, high, -1) == "supported"
+    assert claims.verdict(low, high, +1) == "contradicted"
+    assert claims.verdict(-0.1, 0.2, -1).startswith("not resolved")
+    assert claims.verdict(None, None, -1).startswith("not resolved")
+    assert claims.Diff([1.0], [2.0, 2.1]).interval() == (None, None, None)
+
+
+def _run(root: Path, name: str, method: str, sparsity: float, seed: int, curve: dict[int, float],
+         hidden: int = 128) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(
+        f"sparsity:\n  method: {method}\n  sparsity: {sparsity}\nmodel:\n  hidden_size: {hidden}\n"
+        f"training:\n  seed: {seed}\n", encoding="utf-8")
+    last = max(curve)
+    (d / "summary.json").write_text(json.dumps({"steps": last, "final_eval": {"mlm_loss": curve[last]}}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "eval_mlm_loss": v}) + "\n"
+                                             for s, v in sorted(curve.items())))
+
+
+def test_gate_needs_a_clear_and_growing_gap(tmp_path: Path) -> None:
+    _run(tmp_path / "go", "d", "dense", 0.0, 0, {100: 6.0, 200: 5.5, 300: 5.2, 400: 5.0})
+    _run(tmp_path / "go", "s", "static", 0.9, 0, {100: 6.0, 200: 5.6, 300: 5.35, 400: 5.2})
+    ok, why = claims.gate(tmp_path / "go")
+    assert ok and why.startswith("go:") and "+0.200 nat at step 400" in why
+    _run(tmp_path / "shrinking", "d", "dense", 0.0, 0, {100: 6.0, 200: 5.5, 300: 5.2, 400: 5.0})
+    _run(tmp_path / "shrinking", "s", "static", 0.9, 0, {100: 6.0, 200: 5.8, 300: 5.45, 400: 5.12})
+    ok, why = claims.gate(tmp_path / "shrinking")
+    assert not ok and why.startswith("no-go:") and "+0.120" in why and "+0.250 at step 300" in why
+    _run(tmp_path / "small", "d", "dense", 0.0, 0, {100: 6.0, 400: 5.0})
+    _run(tmp_path / "small", "s", "static", 0.9, 0, {100: 6.0, 400: 5.05})
+    assert not claims.gate(tmp_path / "small")[0]
+    assert not claims.gate(tmp_path / "absent")[0]
+
+
+def test_claim_table_is_generated_from_the_runs(tmp_path: Path) -> None:
+    dose = tmp_path / "dose"
+    for seed, (dyn, sta) in enumerate(((5.50, 5.60), (5.52, 5.61), (5.51, 5.63)), start=1):
+        _run(dose, f"dyn{seed}", "dynamic", 0.99, seed, {50: 6.5, 100: 6.0 + seed / 100, 200: dyn})
+        _run(dose, f"sta{seed}", "static", 0.99, seed, {50: 6.5, 100: 6.0 + seed / 50, 200: sta})
+        _run(dose, f"den{seed}", "dense", 0.0, seed, {50: 6.5, 100: 6.0, 200: 5.40 + seed / 100})
+    paths = claims.write(tmp_path, tmp_path / "out")
+    text = (tmp_path / "out" / "claims.md").read_text()
+    assert "| DynSp beats static at s = 0.99" in text and "supported" in text
+    assert "-0.103 [" in text  # mean(5.50, 5.52, 5.51) - mean(5.60, 5.61, 5.63)
+    assert "| 200 | supported |" in text  # the curves separate at the last evaluation only
+    assert "static s = 0.99 is capacity-limited" in text
+    rows = (tmp_path / "out" / "claims.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("claim,")
+    assert any(p.name == "differences.png" for p in paths)
+
+
+def test_reproduce_skips_a_gated_sweep_and_says_why(tmp_path: Path, monkeypatch) -> None:
+    ran = []
+    monkeypatch.setattr(reproduce, "run_sweep", lambda runs, jobs, log: ran.append(runs[0].output_dir.parent.name) or {})
+    monkeypatch.setattr(reproduce, "write_results", lambda *a: None)
+    monkeypatch.setattr(reproduce, "link_corpora", lambda suite: "")
+    monkeypatch.setattr(claims, "gate", lambda root: (False, "no-go: test reason"))
+    monkeypatch.setattr(claims, "write", lambda runs, out: [])
+    assert reproduce.main(["--only", "prose_gate", "prose", "--results", str(tmp_path)]) == 0
+    assert ran == ["prose_gate"]
+    assert "no-go: test reason" in (tmp_path / "cpu" / "prose" / "GATE.md").read_text()
+    monkeypatch.setattr(claims, "gate", lambda root: (True, "go: fine"))
+    assert reproduce.main(["--only", "prose_gate", "prose", "--results", str(tmp_path)]) == 0
+    assert ran == ["prose_gate", "prose_gate", "prose"]
+
+
+def test_reproduce_refuses_an_unknown_sweep_and_a_missing_corpus(tmp_path: Path, monkeypatch, capsys) -> None:
+    assert reproduce.main(["--only", "pareto"]) == 2  # the cpu suite has no pareto sweep now
+    assert "suite cpu has no sweep pareto" in capsys.readouterr().err
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path / "repo")
+    assert "data/sotu" in reproduce.link_corpora("cpu")
+    offline = tmp_path / "shared" / "data" / "sotu"
+    offline.mkdir(parents=True)
+    assert reproduce.link_corpora("cpu") == ""
+    assert (tmp_path / "repo" / "data" / "sotu").resolve() == offline.resolve()
+    assert reproduce.link_corpora("cpu_b16") == ""

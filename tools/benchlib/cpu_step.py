@@ -1,0 +1,123 @@
+"""One layer's whole training step on the CPU, sparse backends against dense, with the
+numbers the paper's wall-clock argument needs (tools/bench_ops.py --suite step).
+
+A step = forward + grad-input + grad-values (+ bias) through autograd + one AdamW step
+over the layer's parameters, for dense ``nn.Linear`` and for SparseLinear with each
+backend, on the same input, with ``torch.set_num_threads(threads)``. Variants are timed
+interleaved (round r runs each variant once), ``repeats`` rounds after one warm-up;
+min and median are reported.
+
+* ``speedup`` = dense time / sparse time (> 1: the sparse layer is faster);
+* ``GFLOP/s`` = useful FLOPs / time, useful = 6 N O I density (the three products,
+  biases and optimizer left out), against the core's measured fp32 FMA peak times the
+  threads (``peak_gflops``: the C++ extension's register-only FMA loop, widest vectors);
+* ``epsilon`` = (time per sparse FLOP) / (time per dense FLOP) = (t_sparse / t_dense) /
+  density: the paper's wall-clock criterion (DynSp beats dense in time at equal loss only
+  when epsilon is small enough: < 1.2 at 16 x 16 blocks, < 2 unstructured, in the
+  paper's setting); 1 would be perfect sparse efficiency.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from sparse_ops.linear import SparseLinear
+
+
+BASELINE = "nn.Linear"  # the dense layer every sparse variant is compared with
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """One layer step: (O, I) on N tokens, sparsity, block size, "fp32" or "bf16" (autocast)."""
+
+    name: str
+    out_features: int
+    in_features: int
+    n_tokens: int
+    sparsity: float
+    block_size: int
+    amp: str
+    threads: int
+
+
+def peak_gflops() -> Optional[float]:
+    """One core's fp32 FMA peak (GFLOP/s), measured; None without the C++ extension."""
+    from sparse_ops.kernels import cpp_build
+
+    ext = cpp_build.load()
+    return None if ext is None else float(ext.peak_gflops(20_000_000, 3))
+
+
+def _step_fn(module: nn.Module, x: torch.Tensor, amp: str) -> Callable[[], None]:
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    grad = torch.randn(x.shape[0], int(module.out_features))
+    dtype = torch.bfloat16 if amp == "bf16" else None
+
+    def run() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            y = module(x)
+        y.backward(grad.to(y.dtype))
+        opt.step()
+    return run
+
+
+def bench_step(case: StepCase, backends: list[str], repeats: int = 7, seed: int = 0) -> dict[str, Any]:
+    """{variant: {"min_ms", "median_ms"}} for the BASELINE (nn.Linear) and each supported
+    SparseLinear backend (``dense`` among them is SparseLinear's dense-scratch backend)."""
+    from sparse_ops.kernels import AUTO, get_backend
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(case.threads)
+    try:
+        torch.manual_seed(seed)
+        x = torch.randn(case.n_tokens, case.in_features, requires_grad=True)
+        fns = {BASELINE: _step_fn(nn.Linear(case.in_features, case.out_features), x, case.amp)}
+        dtype = torch.bfloat16 if case.amp == "bf16" else torch.float32
+        for name in backends:
+            if name != AUTO and not get_backend(name).supports(torch.device("cpu"), dtype, case.block_size):
+                continue
+            layer = SparseLinear(case.in_features, case.out_features, sparsity=case.sparsity,
+                                 block_size=case.block_size, backend=name, seed=seed)
+            fns[name] = _step_fn(layer, x, case.amp)
+        samples: dict[str, list[float]] = {n: [] for n in fns}
+        for fn in fns.values():
+            fn()  # warm-up: index builds, auto's one-time measurement, allocator
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(before)
+    return {n: {"min_ms": min(s), "median_ms": statistics.median(s)} for n, s in samples.items()}
+
+
+def derived(case: StepCase, times: dict[str, Any], peak: Optional[float]) -> dict[str, dict[str, Any]]:
+    """Per sparse variant: speed-up (min, median), GFLOP/s, fraction of peak, epsilon."""
+    density = 1.0 - case.sparsity
+    useful = 6.0 * case.n_tokens * case.out_features * case.in_features * density
+    dense = times[BASELINE]
+    out: dict[str, dict[str, Any]] = {}
+    for name, t in times.items():
+        flops = useful / density if name == BASELINE else useful
+        gflops = flops / (t["min_ms"] * 1e-3) / 1e9
+        row = {"gflops": gflops, "peak_fraction": gflops / (peak * case.threads) if peak else None}
+        if name != BASELINE:
+            row.update(speedup_min=dense["min_ms"] / t["min_ms"],
+                       speedup_median=dense["median_ms"] / t["median_ms"],
+                       epsilon=(t["median_ms"] / dense["median_ms"]) / density)
+        out[name] = row
+    return out
+
+
+def step_cases(shapes: dict[str, tuple[int, int]], n_tokens: int, sparsity: float,
+               block_sizes: tuple[int, ...], amps: tuple[str, ...], threads: tuple[int, ...]) -> list[StepCase]:
+    return [StepCase(name, o, i, n_tokens, sparsity, b, a, t)
+            for name, (o, i) in shapes.items() for b in block_sizes for a in amps for t in threads]
