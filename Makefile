@@ -14,6 +14,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "from sparse_ops.kernels import cpp_build; cpp_build.main()"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

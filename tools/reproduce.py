@@ -41,7 +41,8 @@ ORDER = tuple(dict.fromkeys(n for names in SUITES.values() for n in names))
 # (dynsp_tools.claims.gate decides from the gate sweep's runs and says why).
 GATED = {("cpu", "prose"): "prose_gate"}
 # Corpora the suite's configs read from data/<name> (configs/base/repro_cpu_prose.yaml):
-# linked from the developers' offline copy (../shared/data/<name>) when it is missing.
+# linked from the developers' offline copy (shared/data/<name> beside the repository)
+# when it is missing.
 CORPORA = {"cpu": ("sotu",)}
 
 
@@ -137,8 +138,8 @@ def runs_root(sweeps: dict[str, list[SweepRun]]) -> Path:
 
 
 def link_corpora(suite: str) -> str:
-    """Link data/<name> to ../shared/data/<name> where the suite needs a corpus that is not
-    there; '' when every corpus is present, else a one-line error naming what is missing."""
+    """Link data/<name> to shared/data/<name> beside the repository where the suite needs
+    a corpus that is not there; '' when every corpus is present, else a one-line error naming what is missing."""
     for name in CORPORA.get(suite, ()):
         target = ROOT / "data" / name
         if target.exists():

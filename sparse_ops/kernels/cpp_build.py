@@ -116,3 +116,16 @@ def load() -> Optional[ModuleType]:
         if "module" not in _STATE:
             _STATE["module"] = _build()
         return _STATE["module"]  # type: ignore[return-value]
+
+
+def main() -> int:
+    """Build now (the set-up command runs this, `make` does: so that the first training run
+    does not wait for the compiler); prints the outcome in one line, returns 0 either way."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    module = load()
+    if module is None:
+        print("cpp kernels: not built; training uses the other backends (see the warning above)")
+    else:
+        print(f"cpp kernels: ready ({module.isa()} path) in {build_dir()}")
+    return 0
+
