@@ -1,9 +1,10 @@
 """Figures of a collected sweep (PNG, matplotlib): each titled and labelled so that it
 reads without the code. Which figures are drawn depends on what the sweep varies:
 
-* `pareto.png` (always): held-out MLM loss against training FLOPs and against active
-  non-embedding (encoder) weights, log x; dense as a line through its points (model
-  sizes), static and DynSp as points; error bars = std over seeds;
+* `pareto.png` (when the cost varies): held-out MLM loss against non-embedding training
+  FLOPs and against active non-embedding (encoder) weights, log x; dense as a line
+  through its points (model sizes), static and DynSp as points (drawn 3 % apart);
+  error bars = std over seeds;
 * `n_updates.png` / `prune_ratio.png` (when that setting varies): MLM loss, final DOF
   and the removed-new fraction against it;
 * `learning_rate.png` (when the rate varies within a method and size; then instead of
@@ -60,14 +61,19 @@ def _point_note(point: dict[str, Any]) -> str:
     return ", ".join([f"H={point.get('hidden_size')}"] + others)
 
 
+# Points of different methods at the same x (static and DynSp at one sparsity) are drawn
+# this factor apart on the log axis so that neither hides the other.
+DODGE = {"dense": 1.0, "static": 0.97, "dynamic": 1.03}
+
+
 def _pareto_panel(ax: Any, points: list[dict[str, Any]], x: str, xlabel: str) -> None:
     for method, ps in _series(points, x, by_method=True).items():
         style = "-" if method == "dense" else ""
-        ax.errorbar([p[x] for p in ps], [p["mlm_loss"] for p in ps],
+        ax.errorbar([p[x] * DODGE.get(method, 1.0) for p in ps], [p["mlm_loss"] for p in ps],
                     yerr=[p.get("mlm_loss_std") or 0.0 for p in ps], fmt=MARKERS.get(method, "x") + style,
                     capsize=3, label=method)
         for p in ps:
-            text = ax.annotate(_point_note(p), (p[x], p["mlm_loss"]), fontsize=7,
+            text = ax.annotate(_point_note(p), (p[x] * DODGE.get(method, 1.0), p["mlm_loss"]), fontsize=7,
                                xytext=(4, 3), textcoords="offset points")
             text.set_in_layout(False)  # a long note must not squeeze the axes
     ax.set_xscale("log")
@@ -81,10 +87,13 @@ def _pareto_panel(ax: Any, points: list[dict[str, Any]], x: str, xlabel: str) ->
 def pareto(points: list[dict[str, Any]], out: Path) -> Path:
     """pareto.png: MLM loss vs training FLOPs | vs active non-embedding weights."""
     fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.5))
-    _pareto_panel(axes[0], points, "total_flops", "total training FLOPs (log)")
+    _pareto_panel(axes[0], points, "total_flops",
+                  "non-embedding training FLOPs (encoder linears + attention; log)")
     _pareto_panel(axes[1], points, "nonembedding_params",
                   "active non-embedding (encoder FC) weights (log)")
-    fig.suptitle("Held-out MLM loss at equal cost; error bars: std over seeds")
+    fig.suptitle("Held-out MLM loss at equal cost (embeddings and MLM head not counted: "
+                 "docs/flops.md); error bars: std over seeds; static / DynSp drawn 3 % apart",
+                 fontsize=9)
     return save_figure(fig, out / "pareto.png")
 
 
@@ -127,13 +136,14 @@ def block_sizes(points: list[dict[str, Any]], out: Path) -> Path:
 
 
 def learning_rates(points: list[dict[str, Any]], out: Path) -> Path:
-    """learning_rate.png: MLM loss against the learning rate (log x), one line per method
-    and model width; the best rate of each line is circled."""
+    """learning_rate.png: MLM loss against the learning rate (log x), one line per method,
+    sparsity and model width; the best rate of each line is circled."""
     fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
     groups: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         if p.get("mlm_loss") is not None and p.get("learning_rate") is not None:
-            groups.setdefault(f"{p.get('method')}, H={p.get('hidden_size')}", []).append(p)
+            sparse = "" if p.get("method") == "dense" else f" s={p.get('sparsity')}"
+            groups.setdefault(f"{p.get('method')}{sparse}, H={p.get('hidden_size')}", []).append(p)
     for name, ps in sorted(groups.items()):
         ps = sorted(ps, key=lambda p: p["learning_rate"])
         line = ax.errorbar([p["learning_rate"] for p in ps], [p["mlm_loss"] for p in ps],
@@ -165,7 +175,10 @@ def _rate_sweep(points: list[dict[str, Any]]) -> bool:
 def draw_all(rows: list[dict[str, Any]], points: list[dict[str, Any]], out: Path) -> list[Path]:
     """Every figure that this sweep's variation supports, written to `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [learning_rates(points, out) if _rate_sweep(points) else pareto(points, out),
+    # a pareto panel needs at least two costs on its x axis (one x value says nothing)
+    cost_varies = _varies(points, "total_flops") or _varies(points, "nonembedding_params")
+    paths = [learning_rates(points, out) if _rate_sweep(points) else
+             (pareto(points, out) if cost_varies else None),
              curves.training_curves(rows, points, out)]
     dynamic = [p for p in points if p.get("method") == "dynamic"]  # static runs: n = 0
     for setting, label in (("n_updates", "number of pattern updates n"),

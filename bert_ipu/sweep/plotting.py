@@ -18,8 +18,9 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Lay out, write `path` as a 120-dpi PNG, close the figure; returns `path`."""
+    """Lay out, write `path` as a 120-dpi PNG (bounding box grown to every label, so none is
+    clipped), close the figure; returns `path`."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     pyplot().close(fig)
     return path

@@ -148,14 +148,23 @@ def test_collector_means_and_std_over_seeds(fake_sweep):
 
 def test_collect_writes_tables_and_figures(fake_sweep):
     paths = {p.name: p for p in write_results(fake_sweep)}
-    assert {"runs.csv", "points.csv", "results.md", "pareto.png", "curves.png",
-            "n_updates.png"} <= set(paths)
+    assert {"runs.csv", "points.csv", "results.md", "curves.png", "n_updates.png"} <= set(paths)
+    # every point has the same cost: a pareto panel would have a single x value (issue 18)
+    assert "pareto.png" not in paths
     md = paths["results.md"].read_text()
     assert "| sparsity.n_updates | seeds |" in md and "4.333 ± 0.382" in md
     assert "n16_s0 (unfinished)" in md
-    for name in ("pareto.png", "curves.png", "n_updates.png"):
+    for name in ("curves.png", "n_updates.png"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert paths[name].stat().st_size > 10_000
+
+
+def test_pareto_figure_when_the_cost_varies(tmp_path):
+    root = tmp_path / "runs"
+    for i, (method, s) in enumerate((("dense", 0.0), ("static", 0.5), ("dynamic", 0.5), ("dynamic", 0.75))):
+        fake_run(root / f"r{i}", [f"sparsity.method={method}", f"sparsity.sparsity={s}"], 5.0 - i / 10, dof=None)
+    paths = {p.name: p for p in write_results(root)}
+    assert paths["pareto.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_rate_sweep_over_methods_and_widths_gets_the_learning_rate_figure(tmp_path):
