@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_table(["operator", "ms / step", "share"],
                                    [[p["op"], f"{p['ms_per_step']:.1f}", f"{p['share']:.1%}"]
                                     for p in profiles[f"{size} {name}"]]))
-    out = {"machine": info, "config": args.config, "profiles": profiles, "overrides": overrides, "steps": args.steps,
+    out = {"machine": info, "config": args.config, "profiles": profiles, "threads": torch.get_num_threads(), "overrides": overrides, "steps": args.steps,
            "warmup": args.warmup, "synthetic": args.synthetic, "sparsity": args.sparsity,
            "variants": variants, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)

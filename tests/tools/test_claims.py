@@ -98,3 +98,38 @@ def test_reproduce_refuses_an_unknown_sweep_and_a_missing_corpus(tmp_path: Path,
     assert reproduce.link_corpora("cpu") == ""
     assert (tmp_path / "repo" / "data" / "sotu").resolve() == offline.resolve()
     assert reproduce.link_corpora("cpu_b16") == ""
+
+
+def test_generated_blocks_replace_only_their_markers(tmp_path: Path) -> None:
+    from dynsp_tools.pages import replace_block
+
+    page = tmp_path / "p.md"
+    page.write_text("intro\n<!-- claims:begin -->\nold\n<!-- claims:end -->\noutro\n")
+    assert replace_block(page, "claims", "new table\n")
+    assert page.read_text() == "intro\n<!-- claims:begin -->\nnew table\n<!-- claims:end -->\noutro\n"
+    assert not replace_block(page, "kernels", "x") and "x" not in page.read_text()
+    assert not replace_block(tmp_path / "missing.md", "claims", "x")
+
+
+def test_kernel_report_is_built_from_the_benchmark_json(tmp_path: Path) -> None:
+    from dynsp_tools import kernel_report
+
+    case = {"name": "4HxH", "out_features": 3072, "in_features": 768, "n_tokens": 4096, "sparsity": 0.9,
+            "block_size": 16, "amp": "fp32", "threads": 1}
+    step = {"machine": {"cpu": "Test CPU", "cpus": 2, "torch": "x", "avx512f": True},
+            "step_rows": [{"case": case, "peak_gflops": 100.0,
+                           "ms": {"nn.Linear": {"min_ms": 100.0, "median_ms": 110.0},
+                                  "cpp": {"min_ms": 20.0, "median_ms": 22.0}},
+                           "derived": {"nn.Linear": {"gflops": 50.0, "peak_fraction": 0.5},
+                                       "cpp": {"gflops": 30.0, "peak_fraction": 0.3, "speedup_min": 5.0,
+                                               "speedup_median": 5.0, "epsilon": 2.0}}}]}
+    (tmp_path / "step.json").write_text(json.dumps(step))
+    page = tmp_path / "README.md"
+    page.write_text("<!-- kernels:begin -->\n<!-- kernels:end -->\n")
+    assert kernel_report.main(["--step", str(tmp_path / "step.json"), "--out", str(tmp_path / "out"),
+                               "--pages", str(page)]) == 0
+    text = (tmp_path / "out" / "kernels.md").read_text()
+    assert "Test CPU" in text and "| 4HxH | 3072x768 | 16 | fp32 | 1 | cpp | 20.0 / 22.0 | 5.00 / 5.00 | 30 | 30 | 2.00 |" in text
+    assert "cpp 5.00x (eps 2.00)" in page.read_text()
+    assert (tmp_path / "out" / "kernels" / "step.json").is_file()
+    assert kernel_report.main(["--step", str(tmp_path / "absent.json")]) == 2

@@ -202,7 +202,9 @@ def machine_info(device: torch.device) -> dict[str, object]:
         with open("/proc/cpuinfo") as fh:
             text = fh.read()
         model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-        info.update(cpu=model, amx_bf16="amx_bf16" in text, avx512f="avx512f" in text)
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        info.update(cpu=model, amx_bf16="amx_bf16" in flags, avx512f="avx512f" in flags,
+                    avx512_bf16="avx512_bf16" in flags, avx2="avx2" in flags)
     except OSError:
         info["cpu"] = platform.processor()
     if device.type == "cuda":
