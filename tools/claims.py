@@ -310,21 +310,24 @@ def points_table(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r.get("method"), float(r.get("sparsity") or 0.0), r.get("hidden_size")), []).append(r)
-    tiny = [r for (m, s, h), rs in groups.items() if m == "dense" and h == 128 for r in rs]
-    base = statistics.fmean(float(r["total_flops"]) for r in tiny) if tiny else None
+    def flops_of(rs: list[dict[str, Any]]) -> Optional[float]:
+        xs = [float(r["total_flops"]) for r in rs if r.get("total_flops")]
+        return statistics.fmean(xs) if xs else None
+
+    base = flops_of([r for (m, s, h), rs in groups.items() if m == "dense" and h == 128 for r in rs])
     order = {"dense": 0, "static": 1, "dynamic": 2}
     lines = ["| arm | s | H | seeds | non-embedding training FLOPs | x dense BERT-Tiny | MLM-head FLOPs / "
              "non-embedding | wall clock (s, median) | held-out MLM loss | MLM accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (m, s, h), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], kv[0][2] or 0)):
-        flops = statistics.fmean(float(r["total_flops"]) for r in rs)
-        heads = [head_flops(r["run"], r.get("sequences") or 0) for r in rs]
-        head = statistics.fmean(x for x in heads if x) if any(heads) else None
+        flops = flops_of(rs)
+        heads = [x for x in (head_flops(r["run"], r.get("sequences") or 0) for r in rs) if x]
+        head = statistics.fmean(heads) if heads else None
         walls = [float(r["wall_s"]) for r in rs if r.get("wall_s")]
         accs = [float(r["mlm_accuracy"]) for r in rs if r.get("mlm_accuracy") is not None]
-        cells = [str(m), f"{s:g}", str(h), str(len(rs)), f"{flops:.3g}",
-                 f"{flops / base:.3f}" if base else "-",
-                 f"{head / flops:.2f}" if head else "-",
+        cells = [str(m), f"{s:g}", str(h), str(len(rs)), f"{flops:.3g}" if flops else "-",
+                 f"{flops / base:.3f}" if flops and base else "-",
+                 f"{head / flops:.2f}" if head and flops else "-",
                  f"{statistics.median(walls):.0f}" if walls else "-",
                  _stat(rs), f"{statistics.fmean(accs):.3f}" if accs else "-"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -34,9 +34,11 @@ def _run(root: Path, name: str, method: str, sparsity: float, seed: int, curve: 
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(
         f"sparsity:\n  method: {method}\n  sparsity: {sparsity}\nmodel:\n  hidden_size: {hidden}\n"
-        f"training:\n  seed: {seed}\n", encoding="utf-8")
+        f"  vocab_size: 100\ndata:\n  mask_tokens: 2\ntraining:\n  seed: {seed}\n", encoding="utf-8")
     last = max(curve)
-    (d / "summary.json").write_text(json.dumps({"steps": last, "final_eval": {"mlm_loss": curve[last]}}))
+    flops = 1e9 * (1 - sparsity)
+    (d / "summary.json").write_text(json.dumps({"steps": last, "sequences": 10, "total_flops": flops,
+                                                "final_eval": {"mlm_loss": curve[last]}}))
     (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "eval_mlm_loss": v}) + "\n"
                                              for s, v in sorted(curve.items())))
 
@@ -68,6 +70,10 @@ def test_claim_table_is_generated_from_the_runs(tmp_path: Path) -> None:
     assert "-0.103 [" in text  # mean(5.50, 5.52, 5.51) - mean(5.60, 5.61, 5.63)
     assert "| 200 | supported |" in text  # the curves separate at the last evaluation only
     assert "static s = 0.99 is capacity-limited" in text
+    # every arm: FLOPs as a multiple of dense BERT-Tiny's; the MLM head's FLOPs
+    # (3 x 2 x 2 masked x (128^2 + 128 x 100) x 10 sequences = 3.5e6) relative to them
+    assert "| dense | 0 | 128 | 3 | 1e+09 | 1.000 | 0.00 |" in text
+    assert "| static | 0.99 | 128 | 3 | 1e+07 | 0.010 | 0.35 |" in text
     rows = (tmp_path / "out" / "claims.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("claim,")
     assert any(p.name == "differences.png" for p in paths)
