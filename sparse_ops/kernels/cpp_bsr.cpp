@@ -129,6 +129,56 @@ AVX512_FN inline void rowgemm_tile16_avx512(const float* ap, const float* P,
   for (int t = 0; t < TN; ++t) _mm512_storeu_ps(out_rows[t], acc[t]);
 }
 
+// B = 8, AVX-512: the tile held transposed, 8 outputs x (16 V tokens) = 8 V zmm
+// accumulators, so that all 16 lanes work (an 8-wide output row fills only half a zmm).
+// A is packed transposed ([block column][q][16 V tokens]); per q: V loads of A and 8
+// broadcasts of P feed 8 V FMAs. The tile is transposed back through a stack buffer.
+template <int V>
+AVX512_FN inline void rowgemm_tile8t_avx512(const float* ap, const float* P,
+                                            const int64_t* other, int64_t k0, int64_t k1,
+                                            float* const* out_rows, const float* bias) {
+  constexpr int TN = 16 * V;
+  __m512 acc[8][V];
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; ++o) {
+    const __m512 b0 = bias ? _mm512_set1_ps(bias[o]) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[o][v] = b0;
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* pk = P + k * 64;
+    const float* a = ap + other[k] * (8 * TN);
+    if (k + 1 < k1) {
+      const char* an = reinterpret_cast<const char*>(ap + other[k + 1] * (8 * TN));
+#pragma GCC unroll 32
+      for (int l = 0; l < 8 * V; ++l) _mm_prefetch(an + 64 * l, _MM_HINT_T0);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
+      __m512 av[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) av[v] = _mm512_loadu_ps(a + q * TN + 16 * v);
+#pragma GCC unroll 8
+      for (int o = 0; o < 8; ++o) {
+        const __m512 b = _mm512_set1_ps(pk[q * 8 + o]);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[o][v] = _mm512_fmadd_ps(av[v], b, acc[o][v]);
+      }
+    }
+  }
+  alignas(64) float buf[8][TN];
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; ++o) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_store_ps(&buf[o][16 * v], acc[o][v]);
+  }
+  for (int t = 0; t < TN; ++t) {
+    float* row = out_rows[t];
+#pragma GCC unroll 8
+    for (int o = 0; o < 8; ++o) row[o] = buf[o][t];
+  }
+}
+
 // SDDMM, B = 16, AVX-512: the whole 16 x 16 block in 16 zmm accumulators.
 AVX512_FN void sddmm16_avx512(const float* dy, int64_t ldy, const float* x, int64_t ldx,
                               int64_t n0, int64_t n1, int64_t r, int64_t c, float* dv,
@@ -262,16 +312,20 @@ using TileFn = void (*)(const float*, const float*, const int64_t*, int64_t, int
                         float* const*, const float*);
 
 struct TileSet {
-  int tn;       // tokens a tile
+  int tn;           // tokens a tile
   TileFn full;
+  bool transposed;  // A packed [block column][q][token] instead of [block column][token][q]
 };
+
+constexpr int kMaxTile = 48;
 
 TileSet tiles(int B, Isa isa) {
   if (B == 16) {
-    if (isa == Isa::avx512) return {14, rowgemm_tile16_avx512<14>};
-    return {6, rowgemm_tile16_avx2<6>};
+    if (isa == Isa::avx512) return {14, rowgemm_tile16_avx512<14>, false};
+    return {6, rowgemm_tile16_avx2<6>, false};
   }
-  return {12, rowgemm_tile8_avx2<12>};
+  if (isa == Isa::avx512) return {48, rowgemm_tile8t_avx512<3>, true};
+  return {12, rowgemm_tile8_avx2<12>, false};
 }
 
 // Pack rows n0..n0+rows of A [., K] into tile-major order: for each block column c, TN
@@ -285,6 +339,19 @@ void pack_tile(const float* a, int64_t K, int64_t n0, int64_t rows, int tn, int6
       if (t < rows) std::memcpy(d + t * B, a + (n0 + t) * K + c * B, B * sizeof(float));
       else std::memset(d + t * B, 0, B * sizeof(float));
     }
+  }
+}
+
+// The same rows packed transposed: for each block column c and q < B, the tile's TN
+// tokens contiguous (dst[c][q][t] = A[n0 + t, c B + q]; rows past the end are zero).
+void pack_tile_transposed(const float* a, int64_t K, int64_t n0, int64_t rows, int tn, int64_t B,
+                          float* dst) {
+  const int64_t ncb = K / B;
+  std::memset(dst, 0, sizeof(float) * ncb * B * tn);
+  for (int t = 0; t < rows; ++t) {
+    const float* src = a + (n0 + t) * K;
+    for (int64_t c = 0; c < ncb; ++c)
+      for (int64_t q = 0; q < B; ++q) dst[(c * B + q) * tn + t] = src[c * B + q];
   }
 }
 
@@ -344,10 +411,11 @@ at::Tensor row_gemm(const at::Tensor& A, const at::Tensor& P, const at::Tensor& 
   at::parallel_for(0, ntiles, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> pack(static_cast<size_t>(tn * K));
     std::vector<float> scratch(static_cast<size_t>(tn * B));  // stores of padding rows
-    float* o_rows[16];
+    float* o_rows[kMaxTile];
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i * tn;
-      pack_tile(a, K, n, std::min<int64_t>(tn, N - n), ts.tn, B, pack.data());
+      if (ts.transposed) pack_tile_transposed(a, K, n, std::min<int64_t>(tn, N - n), ts.tn, B, pack.data());
+      else pack_tile(a, K, n, std::min<int64_t>(tn, N - n), ts.tn, B, pack.data());
       for (int64_t s = 0; s < nseg; ++s) {
         for (int t = 0; t < tn; ++t)
           o_rows[t] = n + t < N ? o + (n + t) * n_out + s * B : scratch.data() + t * B;

@@ -65,7 +65,7 @@ def test_products_match_reference_on_odd_shapes_and_token_counts(ext, B: int) ->
             w = BlockSparseMatrix.random((O, I), B, 0.3, torch.Generator().manual_seed(seed))
             w.values.normal_(generator=torch.Generator().manual_seed(seed))
             w.cache = {}
-            for n in (1, 5, 6, 13, 14, 15, 29, 100):  # below, at and past a tile (6 / 12 / 14)
+            for n in (1, 5, 6, 13, 14, 15, 29, 48, 49, 100):  # below, at and past a tile (6 / 12 / 14 / 48)
                 _check(w, n, seed + n)
 
 
