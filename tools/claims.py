@@ -93,33 +93,44 @@ def t_quantile(p: float, df: float) -> float:
 
 
 @dataclass
-class Diff:
-    """mean(a) - mean(b) with Welch's interval."""
+class Contrast:
+    """sum_i c_i mean(x_i) with Welch's interval (Welch-Satterthwaite degrees of freedom);
+    two terms (1, a), (-1, b) are the plain difference of means."""
 
-    a: list[float]
-    b: list[float]
+    terms: list[tuple[float, list[float]]]
 
     @property
     def value(self) -> float:
-        return statistics.fmean(self.a) - statistics.fmean(self.b)
+        return sum(c * statistics.fmean(xs) for c, xs in self.terms)
 
     def interval(self, level: float = LEVEL) -> tuple[Optional[float], Optional[float], Optional[float]]:
-        """(low, high, df); None where a side has fewer than 2 runs."""
-        if len(self.a) < 2 or len(self.b) < 2:
+        """(low, high, df); None where a group has fewer than 2 runs."""
+        if any(len(xs) < 2 for _, xs in self.terms):
             return None, None, None
-        va, vb = statistics.variance(self.a) / len(self.a), statistics.variance(self.b) / len(self.b)
-        se = math.sqrt(va + vb)
-        if se == 0:
+        parts = [(c * c * statistics.variance(xs) / len(xs), len(xs) - 1) for c, xs in self.terms]
+        var = sum(v for v, _ in parts)
+        if var == 0:
             return self.value, self.value, math.inf
-        df = (va + vb) ** 2 / (va ** 2 / (len(self.a) - 1) + vb ** 2 / (len(self.b) - 1))
-        half = t_quantile(0.5 + level / 2, df) * se
+        df = var ** 2 / sum(v * v / d for v, d in parts if v > 0)
+        half = t_quantile(0.5 + level / 2, df) * math.sqrt(var)
         return self.value - half, self.value + half, df
 
 
+def Diff(a: list[float], b: list[float]) -> Contrast:  # noqa: N802 (reads as the formula)
+    """mean(a) - mean(b) with Welch's interval."""
+    return Contrast([(1.0, a), (-1.0, b)])
+
+
 def verdict(low: Optional[float], high: Optional[float], predicted_sign: int) -> str:
-    """supported / contradicted / not resolved, for a predicted sign of the difference."""
+    """supported / contradicted / not resolved, for a predicted sign of the difference;
+    predicted sign 0 ("no difference", the paper's on-the-line condition): holds while the
+    interval contains 0."""
     if low is None or high is None:
         return "not resolved (one seed)"
+    if predicted_sign == 0:
+        if low <= 0 <= high:
+            return "condition holds (interval contains 0)"
+        return "condition fails: " + ("below" if high < 0 else "above") + " the dense line"
     if low <= 0 <= high:
         return "not resolved (interval contains 0)"
     side = 1 if low > 0 else -1
@@ -195,11 +206,35 @@ def gate(root: Path) -> tuple[bool, str]:
 class Claim:
     claim: str
     prediction: str
-    sign: int                  # predicted sign of mean(a) - mean(b)
-    a: list[dict[str, Any]]
-    b: list[dict[str, Any]]
-    a_name: str
-    b_name: str
+    sign: int                                        # predicted sign of the contrast
+    terms: list[tuple[float, list[dict[str, Any]], str]]  # (coefficient, runs, name)
+
+    @property
+    def pair(self) -> Optional[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """(a, b) when the claim is the plain difference a - b."""
+        if len(self.terms) == 2 and self.terms[0][0] == 1.0 and self.terms[1][0] == -1.0:
+            return self.terms[0][1], self.terms[1][1]
+        return None
+
+
+def _pair(claim: str, prediction: str, sign: int, a: list[dict[str, Any]], b: list[dict[str, Any]],
+          a_name: str, b_name: str) -> Claim:
+    return Claim(claim, prediction, sign, [(1.0, a, a_name), (-1.0, b, b_name)])
+
+
+def dense_line(dense: list[dict[str, Any]], flops: float) -> Optional[list[tuple[float, list[dict[str, Any]], str]]]:
+    """The dense line at `flops` as a contrast: linear in log FLOPs between the two dense
+    widths that bracket it, [(weight, runs, name), ...]; None outside the line."""
+    by_h: dict[Any, list[dict[str, Any]]] = {}
+    for r in dense:
+        by_h.setdefault(r.get("hidden_size"), []).append(r)
+    pts = sorted((statistics.fmean(float(r["total_flops"]) for r in rs), h, rs) for h, rs in by_h.items()
+                 if all(r.get("total_flops") for r in rs))
+    for (f0, h0, r0), (f1, h1, r1) in zip(pts, pts[1:]):
+        if f0 <= flops <= f1:
+            w = (math.log(flops) - math.log(f0)) / (math.log(f1) - math.log(f0))
+            return [(-(1 - w), r0, f"dense H={h0}"), (-w, r1, f"dense H={h1}")]
+    return None
 
 
 def _stat(rows: list[dict[str, Any]]) -> str:
@@ -218,24 +253,41 @@ def claims(runs: Path) -> list[Claim]:
     for s in (0.9, 0.97, 0.99):
         dyn, sta = _arm(dose, "dynamic", s), _arm(dose, "static", s)
         if dyn and sta:
-            out.append(Claim(f"DynSp beats static at s = {s} (built-in corpus, B = 1, n = 160)",
+            out.append(_pair(f"DynSp beats static at s = {s} (built-in corpus, B = 1, n = 160)",
                              "lower loss: exploring the pattern recovers capacity that a fixed "
                              "random pattern lacks", -1, dyn, sta, f"DynSp s={s}", f"static s={s}"))
+    ends = [(_arm(dose, "dynamic", s), _arm(dose, "static", s), s) for s in (0.99, 0.9)]
+    if all(d and t for d, t, _ in ends):
+        (d99, s99, _), (d90, s90, _) = ends
+        out.append(Claim("DynSp's gain over static grows with sparsity (s = 0.99 against 0.9)",
+                         "a larger gain where the pattern is the tighter bottleneck", -1,
+                         [(1.0, d99, "DynSp s=0.99"), (-1.0, s99, "static s=0.99"),
+                          (-1.0, d90, "DynSp s=0.9"), (1.0, s90, "static s=0.9")]))
     dense = _arm(dose, "dense", hidden=128)
     for s in (0.9, 0.99):
         sta = _arm(dose, "static", s)
         if dense and sta:
-            out.append(Claim(f"static s = {s} is capacity-limited (loses to dense BERT-Tiny)",
+            out.append(_pair(f"static s = {s} is capacity-limited (loses to dense BERT-Tiny)",
                              "higher loss than the dense model of the same width (the paper's "
                              "regime: the encoder's pattern is the bottleneck)", +1, sta, dense,
                              f"static s={s}", "dense Tiny"))
+    all_dense = _arm(dose, "dense")
+    for s in (0.9, 0.97, 0.99):
+        sta = _arm(dose, "static", s)
+        flops = [float(r["total_flops"]) for r in sta if r.get("total_flops")]
+        line = dense_line(all_dense, statistics.fmean(flops)) if flops else None
+        if sta and line:
+            out.append(Claim(f"static s = {s} lies on the dense line at its FLOPs (the paper's condition "
+                             "for reading a sparse point below the line as a sparse-training effect)",
+                             "no difference from the dense line (interpolated in log FLOPs)", 0,
+                             [(1.0, sta, f"static s={s}")] + line))
     dyn, sta = _arm(prose, "dynamic", 0.9), _arm(prose, "static", 0.9)
     if dyn and sta:
-        out.append(Claim("DynSp beats static at s = 0.9 (real prose, 3,000 steps)",
+        out.append(_pair("DynSp beats static at s = 0.9 (real prose, 3,000 steps)",
                          "lower loss", -1, dyn, sta, "DynSp s=0.9", "static s=0.9"))
     dense_p = _arm(prose, "dense")
     if dense_p and sta:
-        out.append(Claim("static s = 0.9 loses to dense BERT-Tiny (real prose)", "higher loss",
+        out.append(_pair("static s = 0.9 loses to dense BERT-Tiny (real prose)", "higher loss",
                          +1, sta, dense_p, "static s=0.9", "dense Tiny"))
     return out
 
@@ -247,16 +299,21 @@ def table(items: list[Claim]) -> tuple[str, list[dict[str, Any]]]:
              "|---|---|---|---|---|---|"]
     records = []
     for c in items:
-        d = Diff(_losses(c.a), _losses(c.b))
-        low, high, df = d.interval()
+        contrast = Contrast([(w, _losses(rows)) for w, rows, _ in c.terms])
+        low, high, df = contrast.interval()
         interval = ("-" if low is None else f"[{low:+.3f}, {high:+.3f}] (df {df:.1f})")
-        sep = separation_step(c.a, c.b)
+        pair = c.pair
+        sep = separation_step(*pair) if pair else None
         v = verdict(low, high, c.sign)
-        lines.append(f"| {c.claim} | {c.prediction} | {c.a_name}: {_stat(c.a)}; {c.b_name}: {_stat(c.b)} "
-                     f"| {d.value:+.3f} {interval} | {sep if sep is not None else 'never'} | {v} |")
-        records.append({"claim": c.claim, "a": c.a_name, "b": c.b_name, "n_a": len(c.a), "n_b": len(c.b),
-                        "mean_a": statistics.fmean(_losses(c.a)), "mean_b": statistics.fmean(_losses(c.b)),
-                        "difference": d.value, "low": low, "high": high, "df": df,
+        ours = "; ".join(f"{name}: {_stat(rows)}" for _, rows, name in c.terms)
+        formula = " ".join(f"{'+' if w > 0 else '-'} {abs(w):.2g} x {name}" if abs(w) != 1 else
+                           f"{'+' if w > 0 else '-'} {name}" for w, _, name in c.terms).lstrip("+ ")
+        lines.append(f"| {c.claim} | {c.prediction} | {ours} | {formula}: {contrast.value:+.3f} {interval} "
+                     f"| {sep if sep is not None else ('never' if pair else '-')} | {v} |")
+        records.append({"claim": c.claim, "contrast": formula, "groups": len(c.terms),
+                        "n": " ".join(str(len(rows)) for _, rows, _ in c.terms),
+                        "means": " ".join(f"{statistics.fmean(_losses(rows)):.4f}" for _, rows, _ in c.terms),
+                        "difference": contrast.value, "low": low, "high": high, "df": df,
                         "separates_from_step": sep, "verdict": v})
     return "\n".join(lines) + "\n", records
 
@@ -278,7 +335,7 @@ def draw(records: list[dict[str, Any]], path: Path) -> Optional[Path]:
             ax.plot(r["difference"], y, "o", color="C1")
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(records)))
-    ax.set_yticklabels([f"{r['a']} - {r['b']}" for r in reversed(records)], fontsize=8)
+    ax.set_yticklabels([r["contrast"] for r in reversed(records)], fontsize=7)
     ax.set_xlabel("difference of held-out MLM loss (nat), mean and 95 % interval (Welch)")
     ax.set_title("Each comparison of the claim table (left of 0: the first arm is better)", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)

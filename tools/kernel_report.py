@@ -88,6 +88,13 @@ def profiles(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def before_after_table(report: dict[str, Any]) -> str:
+    head = ["run", "precision", "seq/s before", "seq/s after", "after / before"]
+    cells = [[r["run"], r["precision"], f"{r['before']:.1f}", f"{r['after']:.1f}", f"{r['after'] / r['before']:.2f}"]
+             for r in report.get("rows", [])]
+    return _markdown(head, cells)
+
+
 def summary(step: dict[str, Any], train: list[dict[str, Any]]) -> str:
     """The README lines: per layer case the cpp / auto speed-up and epsilon; the step ratio."""
     lines = []
@@ -107,13 +114,15 @@ def summary(step: dict[str, Any], train: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path, ...]) -> list[Path]:
+def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path, ...],
+          before_after: Path | None = None) -> list[Path]:
     step = json.loads(step_path.read_text())
     trains = [json.loads(p.read_text()) for p in train_paths]
+    ba = json.loads(before_after.read_text()) if before_after else None
     folder = out / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
     copies = []
-    for src in [step_path] + list(train_paths):
+    for src in [step_path] + list(train_paths) + ([before_after] if before_after else []):
         dst = folder / src.name
         if src.resolve() != dst.resolve():
             shutil.copyfile(src, dst)
@@ -128,6 +137,9 @@ def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path
     for report in trains:
         text += [f"## Whole training steps (`bench_train`, {report.get('threads', '?')} thread(s))", "",
                  _machine(report.get("machine", {})) + ".", "", train_table(report), "", profiles(report)]
+    if ba:
+        text += ["## Training runs before and after the C++ kernels", "",
+                 f"{ba.get('description', '')}", "", before_after_table(ba), ""]
     text += ["## Reproduce", "", "```bash",
              "python -m dynsp_tools.bench_ops --suite step --json runs/bench/step.json",
              "python -m dynsp_tools.bench_train --sizes base --micro-batch-size 8 --variants dense,static_b16,dynsp_b16 "
@@ -138,6 +150,9 @@ def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path
     page.write_text("\n".join(text), encoding="utf-8")
     written = copies + [page]
     block = summary(step, trains)
+    if ba:
+        block += "".join(f"* `{r['run']}` ({r['precision']}): {r['after'] / r['before']:.2f}x the sequences/s "
+                         f"of the code before this change\n" for r in ba.get("rows", []))
     for p in pages:
         if replace_block(p, "kernels", block):
             written.append(p)
@@ -148,14 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dynsp_tools.kernel_report", description=__doc__.split("\n\n")[0])
     p.add_argument("--step", type=Path, required=True, help="JSON of bench_ops --suite step")
     p.add_argument("--train", type=Path, nargs="*", default=[], help="JSON of bench_train runs")
+    p.add_argument("--before-after", type=Path, help="JSON of training runs timed before and after "
+                   "a change: {description, rows: [{run, precision, before, after}]} (seq/s)")
     p.add_argument("--out", type=Path, default=Path("docs/results"))
     p.add_argument("--pages", type=Path, nargs="*", default=[Path("README.md")])
     args = p.parse_args(argv)
-    for path in [args.step] + args.train:
+    for path in [args.step] + args.train + ([args.before_after] if args.before_after else []):
         if not path.is_file():
             print(f"error: {path}: no such benchmark JSON", file=sys.stderr)
             return 2
-    for path in write(args.step, args.train, args.out, tuple(args.pages)):
+    for path in write(args.step, args.train, args.out, tuple(args.pages), args.before_after):
         print(f"wrote {path}")
     return 0
 

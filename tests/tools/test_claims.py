@@ -139,3 +139,17 @@ def test_kernel_report_is_built_from_the_benchmark_json(tmp_path: Path) -> None:
     assert "cpp 5.00x (eps 2.00)" in page.read_text()
     assert (tmp_path / "out" / "kernels" / "step.json").is_file()
     assert kernel_report.main(["--step", str(tmp_path / "absent.json")]) == 2
+
+
+def test_contrasts_of_several_groups_and_the_dense_line_condition() -> None:
+    c = claims.Contrast([(1.0, [1.0, 1.2]), (-1.0, [0.5, 0.7]), (-1.0, [0.9, 1.1]), (1.0, [0.3, 0.5])])
+    low, high, df = c.interval()
+    assert c.value == pytest.approx(1.1 - 0.6 - 1.0 + 0.4)
+    # four groups of 2 with variance 0.02 each: se = sqrt(4 x 0.01), df = 4 x 1 = 4
+    assert df == pytest.approx(4.0) and high - c.value == pytest.approx(claims.t_quantile(0.975, 4) * 0.2)
+    assert claims.verdict(-0.1, 0.1, 0).startswith("condition holds")
+    assert claims.verdict(-0.3, -0.1, 0) == "condition fails: below the dense line"
+    dense = [{"hidden_size": h, "total_flops": f, "mlm_loss": 5.0} for h, f in ((32, 1e10), (64, 1e11), (128, 1e12))]
+    line = claims.dense_line(dense, 10 ** 10.5)
+    assert [(round(w, 3), name) for w, _, name in line] == [(-0.5, "dense H=32"), (-0.5, "dense H=64")]
+    assert claims.dense_line(dense, 1e13) is None
