@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dynsp_tools.benchlib.layers import format_table
 from dynsp_tools.pages import replace_block
 
 INTRO = """# Sparse kernels on the CPU: what they cost in time

@@ -60,19 +60,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine() -> str:
-    """CPU model, cores, accelerator and torch version, in one line."""
+    """CPU model, its instruction set (the flags the kernels care about), cores,
+    accelerator and torch version, in one line."""
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from sparse_ops.kernels.cpp_build import cpu_flags, cpu_model, isa_key
+
+    model = cpu_model()
+    if model == "unknown":
+        model = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{model}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    return (f"{model} ({isa_key(cpu_flags()).replace('-', ' ')}), {os.cpu_count()} cores, {gpu}, "
+            f"torch {torch.__version__}")
 
 
 def commit() -> str:

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from sparse_ops.format import BlockSparseMatrix, nnz_for_density
+from sparse_ops.format import BlockSparseMatrix
 from sparse_ops.kernels import cpp_build
 from sparse_ops.kernels.registry import loaded_backend
 
@@ -63,15 +63,7 @@ def problem_key(op: str, dtype: torch.dtype, block_size: int, shape: tuple[int, 
 
 def _machine_file() -> Path:
     flags = cpp_build.cpu_flags()
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    digest = hashlib.sha256("\0".join((model, cpp_build.isa_key(flags), torch.__version__,
+    digest = hashlib.sha256("\0".join((cpp_build.cpu_model(), cpp_build.isa_key(flags), torch.__version__,
                                        hashlib.sha256(cpp_build.SOURCE.read_bytes()).hexdigest()))
                             .encode()).hexdigest()[:16]
     return cpp_build.cache_root() / f"auto-{digest}.json"
@@ -182,4 +174,4 @@ def reset() -> None:
         _DISK.clear()
 
 
-__all__ = ["choose", "choices", "measure", "measuring", "problem_key", "reset", "nnz_for_density"]
+__all__ = ["choose", "choices", "measure", "measuring", "problem_key", "reset"]
