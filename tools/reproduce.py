@@ -32,7 +32,7 @@ JOBS = {"cpu": 2, "cpu_b16": 2, "gpu": 1}  # default runs at a time (CPU suites:
 _FIRST_SUITE = ("lr", "pareto", "n_updates", "prune_ratio", "regrow", "ablations", "block_size")
 # The sweeps of each suite, in the order they run (lr first: the others use its winners).
 SUITES = {
-    "cpu": ("lr", "dose", "prose_gate", "prose"),  # the paper's settings (issue 18)
+    "cpu": ("lr", "dose", "prose_gate", "prose", "dose_extra"),  # the paper's settings (issue 18)
     "cpu_b16": _FIRST_SUITE,                       # the first, 16 x 16-block CPU suite
     "gpu": _FIRST_SUITE,
 }
