@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -30,6 +31,7 @@ CFLAGS = ["-O3", "-fno-math-errno"]
 CACHE_ENV = "DYNSP_KERNEL_CACHE"
 DISABLE_ENV = "DYNSP_NO_CPP_KERNELS"  # set to 1: never build or load (the other backends run)
 
+STALE_LOCK_S = 600  # a build takes well under a minute; an older lock was left by a killed build
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
@@ -89,6 +91,26 @@ def _first_error_line(text: str) -> str:
     return (lines[-1] if lines else "no output")[:300]
 
 
+def clear_stale_lock(folder: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove the build folder's `lock` (torch's FileBaton) when it is older than
+    `max_age_s`: a build killed mid-way (Ctrl-C, kill -9) leaves it behind, and torch then
+    waits for it forever, at every later load. Returns whether one was removed."""
+    lock = folder / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return False
+    if age <= max_age_s:
+        return False
+    try:
+        lock.unlink()
+    except OSError:
+        return False
+    log.warning("sparse_ops.kernels: removed the stale build lock %s (%.0f s old, left by an "
+                "interrupted build)", lock, age)
+    return True
+
+
 def _build() -> Optional[ModuleType]:
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
@@ -102,6 +124,7 @@ def _build() -> Optional[ModuleType]:
         from torch.utils import cpp_extension
 
         folder.mkdir(parents=True, exist_ok=True)
+        clear_stale_lock(folder)
         module = cpp_extension.load(name="dynsp_cpp_bsr", sources=[str(SOURCE)],
                                     extra_cflags=CFLAGS, build_directory=str(folder),
                                     verbose=False)

@@ -228,3 +228,14 @@ def test_unreadable_choice_file_is_measured_again(fresh_auto: Path) -> None:
     autotune.reset()
     assert autotune.choose("forward", CPU, torch.float32, 8, (16, 16), 2, 4) in autotune.CANDIDATES
     assert json.loads(path.read_text())  # rewritten
+
+
+def test_a_stale_build_lock_is_removed_a_fresh_one_kept(tmp_path: Path) -> None:
+    """torch waits forever on a lock left by a killed build; ours is cleared when old."""
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    assert not cpp_build.clear_stale_lock(tmp_path) and lock.exists()   # a build in progress
+    old = lock.stat().st_mtime - cpp_build.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    assert cpp_build.clear_stale_lock(tmp_path) and not lock.exists()
+    assert not cpp_build.clear_stale_lock(tmp_path)                      # nothing there
