@@ -144,6 +144,8 @@ def choose(op: str, device: torch.device, dtype: torch.dtype, block_size: int,
         stored = disk.get(key)
         if isinstance(stored, dict) and loaded_backend(str(stored.get("backend"))) is not None:
             _CHOICES[key] = str(stored["backend"])
+            log.info("sparse_ops.kernels: auto %s -> %s (stored in %s; measured ms: %s)", key,
+                     _CHOICES[key], path.name, stored.get("ms"))
             return _CHOICES[key]
         candidates = [n for n in CANDIDATES if (b := loaded_backend(n)) is not None
                       and block_size >= MIN_BLOCK.get(n, 1) and b.supports(device, dtype, block_size)]
