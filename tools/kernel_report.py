@@ -61,6 +61,15 @@ def step_table(report: dict[str, Any]) -> str:
     return _markdown(head, cells)
 
 
+def choices_table(report: dict[str, Any]) -> str:
+    """What `auto` chose for each product of each case (measured on this machine)."""
+    seen: dict[str, str] = {}
+    for row in report.get("step_rows", []):
+        seen.update(row.get("auto_choices", {}))
+    cells = [[f"`{k}`", v] for k, v in sorted(seen.items())]
+    return _markdown(["problem (op, dtype, B, O x I, density, tokens, threads)", "auto chose"], cells)
+
+
 def _markdown(head: list[str], cells: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in cells]
@@ -132,7 +141,9 @@ def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path
             "## One layer's training step (`bench_ops --suite step`)", "",
             "Forward, grad-input and grad-values through autograd, then AdamW; N tokens as in the "
             "JSON; variants interleaved, min and median over the rounds. `nn.Linear` is the dense "
-            "baseline; `dense` is SparseLinear's dense-scratch backend.", "", step_table(step)]
+            "baseline; `dense` is SparseLinear's dense-scratch backend.", "", step_table(step), "",
+            "What `auto` chose, per product (timed once per problem on this machine, "
+            "sparse_ops/kernels/autotune.py):", "", choices_table(step)]
     for report in trains:
         text += [f"## Whole training steps (`bench_train`, {report.get('threads', '?')} thread(s))", "",
                  _machine(report.get("machine", {})) + ".", "", train_table(report), "", profiles(report)]

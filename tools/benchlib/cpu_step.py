@@ -121,3 +121,12 @@ def step_cases(shapes: dict[str, tuple[int, int]], n_tokens: int, sparsity: floa
                block_sizes: tuple[int, ...], amps: tuple[str, ...], threads: tuple[int, ...]) -> list[StepCase]:
     return [StepCase(name, o, i, n_tokens, sparsity, b, a, t)
             for name, (o, i) in shapes.items() for b in block_sizes for a in amps for t in threads]
+
+
+def auto_choices(case: StepCase) -> dict[str, str]:
+    """The backends `auto` chose for this case's products (problem key -> backend)."""
+    from sparse_ops.kernels import autotune
+
+    shape = f"|{case.out_features}x{case.in_features}|"
+    return {k: v for k, v in autotune.choices().items()
+            if shape in k and f"|B{case.block_size}|" in k and k.endswith(f"|t{case.threads}")}
