@@ -27,7 +27,12 @@ import torch
 log = logging.getLogger("sparse_ops.kernels")
 
 SOURCE = Path(__file__).with_name("cpp_bsr.cpp")
-CFLAGS = ["-O3", "-fno-math-errno"]
+# -fopenmp: at::parallel_for is inline (ATen/ParallelOpenMP.h), so without it the
+# extension's loops run on one thread whatever torch.set_num_threads says. The extension
+# then needs libgomp.so.1, which the loader resolves to the copy torch has already loaded
+# (same soname): one OpenMP runtime and one thread pool in the process.
+CFLAGS = ["-O3", "-fno-math-errno", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 CACHE_ENV = "DYNSP_KERNEL_CACHE"
 DISABLE_ENV = "DYNSP_NO_CPP_KERNELS"  # set to 1: never build or load (the other backends run)
 
@@ -73,7 +78,7 @@ def build_dir() -> Path:
     """The folder this source / torch / flags / CPU combination builds into."""
     root = cache_root()
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(),
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS + LDFLAGS).encode(),
                  isa_key(cpu_flags()).encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -126,8 +131,8 @@ def _build() -> Optional[ModuleType]:
         folder.mkdir(parents=True, exist_ok=True)
         clear_stale_lock(folder)
         module = cpp_extension.load(name="dynsp_cpp_bsr", sources=[str(SOURCE)],
-                                    extra_cflags=CFLAGS, build_directory=str(folder),
-                                    verbose=False)
+                                    extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                                    build_directory=str(folder), verbose=False)
     except Exception as exc:  # a failed build must never break training
         text = str(exc)
         output = getattr(exc, "output", None)

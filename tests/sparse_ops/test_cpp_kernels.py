@@ -239,3 +239,27 @@ def test_a_stale_build_lock_is_removed_a_fresh_one_kept(tmp_path: Path) -> None:
     os.utime(lock, (old, old))
     assert cpp_build.clear_stale_lock(tmp_path) and not lock.exists()
     assert not cpp_build.clear_stale_lock(tmp_path)                      # nothing there
+
+
+def test_threads_split_the_work_without_changing_a_bit(ext) -> None:
+    """Each thread owns whole output rows (row GEMM) or whole blocks (SDDMM): the result
+    does not depend on the thread count; the kernels share torch's OpenMP runtime."""
+    w = BlockSparseMatrix.random((96, 64), 16, 0.4, torch.Generator().manual_seed(3))
+    w.values.normal_(generator=torch.Generator().manual_seed(4))
+    w.cache = {}
+    x, dy = torch.randn(301, 64), torch.randn(301, 96)
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out[threads] = (sparse_forward(x, w, "cpp"), sparse_grad_input(dy, w, "cpp"),
+                            sparse_grad_values(dy, x, w, "cpp"))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(out[1], out[2]):
+        assert torch.equal(a, b)
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
+        assert len(runtimes) <= 1, runtimes
