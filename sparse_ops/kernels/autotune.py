@@ -6,7 +6,7 @@ block size, density and token count (tokens rounded up to a power of two), with 
 current thread count, interleaved, and the fastest wins. The choice is kept for the
 process and on disk (``$DYNSP_KERNEL_CACHE/auto-<machine>.json``, default
 ``~/.cache/dynsp/kernels``), keyed by the CPU model, its instruction set, the torch
-version and the C++ kernels' source, so that later runs and resumes on the same
+version and the C++ kernels' source and compiler flags, so that later runs and resumes on the same
 machine make the same choice (and so compute bitwise the same numbers) without
 measuring again. Each choice is logged once, with the times it rests on.
 
@@ -62,9 +62,9 @@ def problem_key(op: str, dtype: torch.dtype, block_size: int, shape: tuple[int, 
 
 
 def _machine_file() -> Path:
-    flags = cpp_build.cpu_flags()
-    digest = hashlib.sha256("\0".join((cpp_build.cpu_model(), cpp_build.isa_key(flags), torch.__version__,
-                                       hashlib.sha256(cpp_build.SOURCE.read_bytes()).hexdigest()))
+    # the build folder's name hashes the C++ source, torch, the compiler flags and the
+    # instruction set: a rebuilt kernel is measured anew
+    digest = hashlib.sha256("\0".join((cpp_build.cpu_model(), cpp_build.build_dir().name))
                             .encode()).hexdigest()[:16]
     return cpp_build.cache_root() / f"auto-{digest}.json"
 
