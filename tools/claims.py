@@ -284,11 +284,11 @@ def claims(runs: Path) -> list[Claim]:
     dyn, sta = _arm(prose, "dynamic", 0.9), _arm(prose, "static", 0.9)
     if dyn and sta:
         out.append(_pair("DynSp beats static at s = 0.9 (real prose, 3,000 steps)",
-                         "lower loss", -1, dyn, sta, "DynSp s=0.9", "static s=0.9"))
+                         "lower loss", -1, dyn, sta, "prose DynSp s=0.9", "prose static s=0.9"))
     dense_p = _arm(prose, "dense")
     if dense_p and sta:
         out.append(_pair("static s = 0.9 loses to dense BERT-Tiny (real prose)", "higher loss",
-                         +1, sta, dense_p, "static s=0.9", "dense Tiny"))
+                         +1, sta, dense_p, "prose static s=0.9", "prose dense Tiny"))
     return out
 
 

@@ -104,8 +104,11 @@ def before_after_table(report: dict[str, Any]) -> str:
 
 
 def summary(step: dict[str, Any], train: list[dict[str, Any]]) -> str:
-    """The README lines: per layer case the cpp / auto speed-up and epsilon; the step ratio."""
-    lines = []
+    """The README lines: the machine, per layer case the cpp / auto speed-up and epsilon; the
+    step ratio."""
+    lines = [f"Measured on: {_machine(step.get('machine', {}))}; N = "
+             f"{next((r['case']['n_tokens'] for r in step.get('step_rows', [])), '?')} tokens, s = "
+             f"{next((r['case']['sparsity'] for r in step.get('step_rows', [])), '?')}, median over interleaved rounds.", ""]
     for row in step.get("step_rows", []):
         c = row["case"]
         parts = [f"{n} {row['derived'][n]['speedup_median']:.2f}x (eps {row['derived'][n]['epsilon']:.2f})"

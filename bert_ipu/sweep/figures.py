@@ -58,7 +58,10 @@ def _point_note(point: dict[str, Any]) -> str:
     """Short note beside a pareto point: its width and whatever else varies."""
     others = [part for part in str(point.get("label", "")).split(", ")
               if part and part != "base" and not part.startswith(_TOLD)]
-    return ", ".join([f"H={point.get('hidden_size')}"] + others)
+    head = [f"H={point.get('hidden_size')}"]
+    if point.get("method") != "dense" and point.get("sparsity") is not None:
+        head.append(f"s={point.get('sparsity')}")
+    return ", ".join(head + others)
 
 
 # Points of different methods at the same x (static and DynSp at one sparsity) are drawn
@@ -77,6 +80,7 @@ def _pareto_panel(ax: Any, points: list[dict[str, Any]], x: str, xlabel: str) ->
                                xytext=(4, 3), textcoords="offset points")
             text.set_in_layout(False)  # a long note must not squeeze the axes
     ax.set_xscale("log")
+    ax.margins(x=0.12)  # room for the notes of the outermost points
     ax.xaxis.set_minor_formatter(pyplot().NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("held-out MLM loss (final)")
@@ -165,10 +169,11 @@ def _varies(points: list[dict[str, Any]], key: str) -> bool:
 
 
 def _rate_sweep(points: list[dict[str, Any]]) -> bool:
-    """True when some method and width was run at several learning rates."""
+    """True when some method, sparsity and width was run at several learning rates (arms
+    that differ in sparsity may each have their own rate: that is no rate sweep)."""
     rates: dict[tuple, set] = {}
     for p in points:
-        rates.setdefault((p.get("method"), p.get("hidden_size")), set()).add(p.get("learning_rate"))
+        rates.setdefault((p.get("method"), p.get("sparsity"), p.get("hidden_size")), set()).add(p.get("learning_rate"))
     return any(len(r) > 1 for r in rates.values())
 
 
