@@ -56,7 +56,7 @@ def step_table(report: dict[str, Any]) -> str:
                           c["threads"], name, f"{t['min_ms']:.1f} / {t['median_ms']:.1f}",
                           "1" if "speedup_min" not in d else f"{d['speedup_min']:.2f} / {d['speedup_median']:.2f}",
                           f"{d['gflops']:.0f}",
-                          f"{100 * d['peak_fraction']:.0f}" if d.get("peak_fraction") else "n/a",
+                          f"{100 * d['peak_fraction']:.0f}" if d.get("peak_fraction") and c["amp"] == "fp32" else "n/a",
                           f"{d['epsilon']:.2f}" if "epsilon" in d else "-"])
     return _markdown(head, cells)
 
@@ -144,7 +144,10 @@ def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path
             "## One layer's training step (`bench_ops --suite step`)", "",
             "Forward, grad-input and grad-values through autograd, then AdamW; N tokens as in the "
             "JSON; variants interleaved, min and median over the rounds. `nn.Linear` is the dense "
-            "baseline; `dense` is SparseLinear's dense-scratch backend.", "", step_table(step), "",
+            "baseline; `dense` is SparseLinear's dense-scratch backend. `% of peak` is against one "
+            "core's fp32 FMA peak times the threads (fp32 rows only). `auto` and `cpp` ran the same "
+            "kernels here (see below); the small gap between their columns is the order within a "
+            "round (`auto` follows nn.Linear, whose run evicts the caches).", "", step_table(step), "",
             "What `auto` chose, per product (timed once per problem on this machine, "
             "sparse_ops/kernels/autotune.py):", "", choices_table(step)]
     for report in trains:
