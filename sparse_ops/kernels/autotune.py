@@ -155,7 +155,7 @@ def choose(op: str, device: torch.device, dtype: torch.dtype, block_size: int,
         times = measure(op, candidates, dtype, block_size, shape, nnz, bucket)
         winner = min(times, key=times.__getitem__)
         _CHOICES[key] = winner
-        record = {"backend": winner, "ms": {n: round(t * 1e3, 3) for n, t in times.items()}}
+        record = {"backend": winner, "ms": {n: round(t * 1e3, 6) for n, t in times.items()}}
         disk[key] = record
         _write_disk(path, key, record)
     log.info("sparse_ops.kernels: auto %s -> %s (measured ms: %s)", key, winner,
