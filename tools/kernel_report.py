@@ -145,9 +145,11 @@ def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path
             "Forward, grad-input and grad-values through autograd, then AdamW; N tokens as in the "
             "JSON; variants interleaved, min and median over the rounds. `nn.Linear` is the dense "
             "baseline; `dense` is SparseLinear's dense-scratch backend. `% of peak` is against one "
-            "core's fp32 FMA peak times the threads (fp32 rows only). `auto` and `cpp` ran the same "
-            "kernels here (see below); the small gap between their columns is the order within a "
-            "round (`auto` follows nn.Linear, whose run evicts the caches).", "", step_table(step), "",
+            "core's fp32 FMA peak times the threads (fp32 rows only). The order of the variants "
+            "rotates every round. `auto` ran the same kernels as `cpp` wherever the table below "
+            "says `cpp`, yet its column was a few percent slower in these runs: its per-call "
+            "dispatch costs microseconds against tens of milliseconds here, so the gap is not "
+            "explained; read it as this benchmark's resolution.", "", step_table(step), "",
             "What `auto` chose, per product (timed once per problem on this machine, "
             "sparse_ops/kernels/autotune.py):", "", choices_table(step)]
     for report in trains:

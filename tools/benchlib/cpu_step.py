@@ -4,8 +4,9 @@ numbers the paper's wall-clock argument needs (tools/bench_ops.py --suite step).
 A step = forward + grad-input + grad-values (+ bias) through autograd + one AdamW step
 over the layer's parameters, for dense ``nn.Linear`` and for SparseLinear with each
 backend, on the same input, with ``torch.set_num_threads(threads)``. Variants are timed
-interleaved (round r runs each variant once), ``repeats`` rounds after one warm-up;
-min and median are reported.
+interleaved (round r runs each variant once, the order rotated by one every round so that
+no variant always follows the cache-evicting dense layer), ``repeats`` rounds after one
+warm-up; min and median are reported.
 
 * ``speedup`` = dense time / sparse time (> 1: the sparse layer is faster);
 * ``GFLOP/s`` = useful FLOPs / time, useful = 6 N O I density (the three products,
@@ -89,10 +90,13 @@ def bench_step(case: StepCase, backends: list[str], repeats: int = 7, seed: int 
         samples: dict[str, list[float]] = {n: [] for n in fns}
         for fn in fns.values():
             fn()  # warm-up: index builds, auto's one-time measurement, allocator
-        for _ in range(repeats):
-            for name, fn in fns.items():
+        names = list(fns)
+        for r in range(repeats):
+            # rotate the order every round: a variant that runs right after nn.Linear finds
+            # the caches cold (its weights and inputs evicted), the next one warm
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 t0 = time.perf_counter()
-                fn()
+                fns[name]()
                 samples[name].append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(before)
