@@ -143,6 +143,7 @@ def run_step(args: argparse.Namespace,
         times = cpu_step.bench_step(case, backends, repeats=args.repeats or 7)
         extra = cpu_step.derived(case, times, peak)
         rows.append({"case": case.__dict__, "ms": times, "derived": extra, "peak_gflops": peak,
+                     "repeats": args.repeats or 7,
                      "auto_choices": cpu_step.auto_choices(case)})
         d = times[cpu_step.BASELINE]
         for name in [cpu_step.BASELINE] + [b for b in backends if b in times]:

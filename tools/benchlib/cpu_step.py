@@ -134,5 +134,6 @@ def auto_choices(case: StepCase) -> dict[str, str]:
     from sparse_ops.kernels import autotune
 
     shape = f"|{case.out_features}x{case.in_features}|"
+    dtype = "|bfloat16|" if case.amp == "bf16" else "|float32|"
     return {k: v for k, v in autotune.choices().items()
-            if shape in k and f"|B{case.block_size}|" in k and k.endswith(f"|t{case.threads}")}
+            if shape in k and dtype in k and f"|B{case.block_size}|" in k and k.endswith(f"|t{case.threads}")}
