@@ -147,8 +147,9 @@ def link_corpora(suite: str) -> str:
         if not offline.is_dir():
             return (f"suite {suite} reads the {name} corpus from {target}, which does not exist "
                     f"(put the text files there; docs/results/README.md says where to get them)")
-        if target.is_symlink():  # a dangling link of ours: point it at the copy again
-            target.unlink()
+        if target.is_symlink():  # a dangling link: not ours to remove, whoever made it
+            return (f"suite {suite} reads the {name} corpus from {target}, a link to "
+                    f"{os.readlink(target)} which does not exist (remove or repoint the link)")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(offline, target_is_directory=True)
     return ""

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from sparse_ops.kernels.cpp_build import cpu_flags
+
 from bert_ipu.devices.base import Device, register_device
 
 
@@ -21,13 +23,7 @@ def cpu_has_bf16_matmul(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     capability = str(torch.backends.cpu.get_cpu_capability()).upper()
     if "AMX" in capability:
         return True
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return any(f in flags for f in BF16_FLAGS)
+    return any(f in cpu_flags(cpuinfo) for f in BF16_FLAGS)
 
 
 @register_device

@@ -140,7 +140,9 @@ def choose(op: str, device: torch.device, dtype: torch.dtype, block_size: int,
         if key in _CHOICES:
             return _CHOICES[key]
         path = _machine_file()
-        disk = _DISK.setdefault(str(path), _read_disk(path))
+        disk = _DISK.get(str(path))
+        if disk is None:  # read once per process (reset() forgets it)
+            disk = _DISK[str(path)] = _read_disk(path)
         stored = disk.get(key)
         if isinstance(stored, dict) and loaded_backend(str(stored.get("backend"))) is not None:
             _CHOICES[key] = str(stored["backend"])

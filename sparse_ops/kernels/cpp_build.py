@@ -41,26 +41,28 @@ _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown" where it cannot be read)."""
+def _cpuinfo_field(name: str, cpuinfo: Path) -> Optional[str]:
+    """The value of the first `name` line of /proc/cpuinfo (None where it cannot be read)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown"
+    return None
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    return frozenset((_cpuinfo_field("flags", cpuinfo) or "").split())
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where it cannot be read)."""
+    return _cpuinfo_field("model name", cpuinfo) or "unknown"
 
 
 def isa_key(flags: frozenset[str]) -> str:

@@ -153,3 +153,14 @@ def test_contrasts_of_several_groups_and_the_dense_line_condition() -> None:
     line = claims.dense_line(dense, 10 ** 10.5)
     assert [(round(w, 3), name) for w, _, name in line] == [(-0.5, "dense H=32"), (-0.5, "dense H=64")]
     assert claims.dense_line(dense, 1e13) is None
+
+
+def test_reproduce_never_removes_a_dangling_corpus_link(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path / "repo")
+    (tmp_path / "shared" / "data" / "sotu").mkdir(parents=True)
+    link = tmp_path / "repo" / "data" / "sotu"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "elsewhere")            # someone's link, pointing nowhere
+    error = reproduce.link_corpora("cpu")
+    assert "does not exist" in error and str(tmp_path / "elsewhere") in error
+    assert link.is_symlink() and Path(link.readlink()) == tmp_path / "elsewhere"

@@ -195,18 +195,15 @@ def layer_cases(hidden: tuple[int, ...], tokens: tuple[int, ...], sparsity: tupl
 
 
 def machine_info(device: torch.device) -> dict[str, object]:
-    """Processor / GPU name, core and thread counts, torch version, AMX presence."""
+    """Processor / GPU name, core and thread counts, torch version, the instruction-set flags
+    the kernels care about."""
     info: dict[str, object] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                                "cpus": os.cpu_count(), "platform": platform.platform()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            text = fh.read()
-        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-        info.update(cpu=model, amx_bf16="amx_bf16" in flags, avx512f="avx512f" in flags,
-                    avx512_bf16="avx512_bf16" in flags, avx2="avx2" in flags)
-    except OSError:
-        info["cpu"] = platform.processor()
+    from sparse_ops.kernels.cpp_build import cpu_flags, cpu_model
+
+    flags, model = cpu_flags(), cpu_model()
+    info.update(cpu=model if model != "unknown" else platform.processor(),
+                **{f: f in flags for f in ("amx_bf16", "avx512f", "avx512_bf16", "avx2")})
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
