@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sparse_ops.format import BlockSparseMatrix
-from sparse_ops.ops import sparse_forward, sparse_grad_input, sparse_grad_values
+from sparse_ops.ops import sparse_forward, sparse_grad_bias, sparse_grad_input, sparse_grad_values
 
 
 def compute_dtype(x: Tensor, values: Tensor) -> torch.dtype:
@@ -60,7 +60,7 @@ def _backward(ctx: Any, dy: Tensor) -> tuple[Optional[Tensor], ...]:
             dv = sparse_grad_values(dy2, x2, w, backend).to(v_dtype)
         if ctx.needs_input_grad[2]:
             # Accumulated and returned in the (fp32) master dtype, not rounded to bf16/fp16 first.
-            db = dy2.sum(0, dtype=torch.promote_types(dy2.dtype, b_dtype)).to(b_dtype)
+            db = sparse_grad_bias(dy2, w, backend).to(b_dtype)
     return dx, dv, db, None, None, None, None, None, None
 
 

@@ -5,6 +5,7 @@ With W the dense (O, I) matrix that ``w`` (a BlockSparseMatrix) represents:
     sparse_forward(x, w)         y  = x @ W^T                 x [..., I] -> y [..., O]
     sparse_grad_input(dy, w)     dx = dy @ W                  dy [..., O] -> dx [..., I]
     sparse_grad_values(dy, x, w) dv = (dy^T @ x) at w's blocks -> [nnz, B, B]
+    sparse_grad_bias(dy, w)      db = dy summed over tokens   -> [O], at least fp32
 
 Leading batch dims are flattened to N tokens. Operands must share one dtype and
 device (``w.values`` in the compute dtype: casting is autograd.py's job). The
@@ -74,6 +75,13 @@ def sparse_grad_values(dy: Tensor, x: Tensor, w: BlockSparseMatrix, backend: str
     return resolve(backend, w, x2.shape[0], "grad_values").grad_values(dy2.contiguous(), x2.contiguous(), w)
 
 
+def sparse_grad_bias(dy: Tensor, w: BlockSparseMatrix, backend: str = "auto") -> Tensor:
+    """db [O] = dy [..., O] summed over the tokens, in at least fp32 (never rounded to bf16 /
+    fp16 first); computed by the backend that does w's grad_values."""
+    dy2 = _check("sparse_grad_bias", "dy", dy, w.shape[0], w)
+    return resolve(backend, w, dy2.shape[0], "grad_values").grad_bias(dy2.contiguous())
+
+
 def dense_forward_reference(x: Tensor, w: BlockSparseMatrix) -> Tensor:
     """Oracle: ``x @ W^T`` with the dense W."""
     return x @ w.to_dense().t()
@@ -93,6 +101,6 @@ def dense_grad_values_reference(dy: Tensor, x: Tensor, w: BlockSparseMatrix) -> 
 
 
 __all__ = [
-    "sparse_forward", "sparse_grad_input", "sparse_grad_values", "dense_forward_reference",
+    "sparse_forward", "sparse_grad_input", "sparse_grad_values", "sparse_grad_bias", "dense_forward_reference",
     "dense_grad_input_reference", "dense_grad_values_reference", "resolve",
 ]

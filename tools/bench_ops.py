@@ -67,7 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, nargs="+", help="N values (default: grid)")
     p.add_argument("--sparsity", type=float, nargs="+", help="sparsity values (default: grid)")
     p.add_argument("--block-sizes", type=int, nargs="+", help="B values (default: grid)")
-    p.add_argument("--amp", nargs="+", choices=tuple(DTYPES), help="dtypes (default: grid; kernels: bf16)")
+    p.add_argument("--amp", nargs="+", choices=tuple(DTYPES) + ("bf16act",),
+                   help="dtypes (default: grid; kernels: bf16; step: fp32 bf16 bf16act, where bf16 "
+                        "takes an fp32 input as after a LayerNorm and bf16act bf16 activations in "
+                        "and out as after GELU)")
     p.add_argument("--shapes", nargs="+", choices=LINEAR_SHAPES,
                    help="layer shapes (default: linear HxH 4HxH Hx4H; kernels all four)")
     p.add_argument("--backends", nargs="+", help=f"SparseLinear backends (default: {' '.join(BACKENDS)}"
@@ -133,7 +136,7 @@ def run_step(args: argparse.Namespace,
     shapes = {n: (bench.KERNEL_SHAPES[n][0] * h, bench.KERNEL_SHAPES[n][1] * h)
               for n in (args.shapes or ("4HxH", "Hx4H")) for h in (args.hidden or (768,))[:1]}
     cases = cpu_step.step_cases(shapes, (args.tokens or [4096])[0], (args.sparsity or [0.9])[0],
-                                tuple(args.block_sizes or (16, 8)), tuple(args.amp or ("fp32", "bf16")),
+                                tuple(args.block_sizes or (16, 8)), tuple(args.amp or ("fp32", "bf16", "bf16act")),
                                 tuple(args.threads or (1, 2)))
     backends = list(args.backends or ("auto", "cpp", "dense", "gather_bmm", "bsr"))
     peak = cpu_step.peak_gflops()
@@ -192,7 +195,7 @@ def run_kernels(args: argparse.Namespace,
     for key in ("hidden", "tokens", "sparsity", "block_sizes"):
         if getattr(args, key) is not None:
             grid[key] = tuple(getattr(args, key))
-    dtypes = [a for a in (args.amp or ["bf16"]) if a != "fp32"] or ["bf16"]
+    dtypes = [a for a in (args.amp or ["bf16"]) if a in DTYPES and a != "fp32"] or ["bf16"]
     rows, cells = [], []
     for case in bench.kernel_cases(shapes=tuple(args.shapes or LINEAR_SHAPES), **grid):
         for amp in dtypes:
@@ -219,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     if suite in ("kernels", "all") and device.type != "cuda":
         print(f"bench_ops: --suite {suite} needs --device cuda (Triton kernels vs cuBLAS); nothing to do.")
         return 0
+    if suite != "step" and "bf16act" in (args.amp or ()):
+        print("bench_ops: error: argument --amp: 'bf16act' is a --suite step setting (bf16 "
+              f"activations in and out of one layer's step), not one of --suite {suite}")
+        return 2
     if suite == "step" and device.type != "cpu":
         print("bench_ops: --suite step measures the CPU kernels (--device cpu); nothing to do.")
         return 0

@@ -68,6 +68,10 @@ class Backend:
     def grad_values(self, dy: Tensor, x: Tensor, w: BlockSparseMatrix) -> Tensor:
         raise NotImplementedError
 
+    def grad_bias(self, dy: Tensor) -> Tensor:
+        """Column sums of dy [N, O], accumulated and returned in at least fp32."""
+        return dy.sum(0, dtype=torch.promote_types(dy.dtype, torch.float32))
+
 
 class BackendError(ValueError):
     """Unknown, duplicate or unsupported kernel backend."""

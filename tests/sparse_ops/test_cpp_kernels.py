@@ -117,12 +117,13 @@ def test_autograd_through_sparse_linear_and_a_pattern_update(ext, B: int) -> Non
 def test_unsupported_dtype_block_size_or_device_is_not_claimed(ext) -> None:
     be = kernels.get_backend("cpp")
     assert be.supports(CPU, torch.float32, 16) and be.supports(CPU, torch.float32, 8)
-    assert not be.supports(CPU, torch.bfloat16, 16)
+    assert be.supports(CPU, torch.bfloat16, 16) == bool(ext.amx())   # bf16: AMX only
+    assert not be.supports(CPU, torch.bfloat16, 8) and not be.supports(CPU, torch.float16, 16)
     assert not be.supports(CPU, torch.float64, 16)
     assert not be.supports(CPU, torch.float32, 4) and not be.supports(CPU, torch.float32, 1)
     assert not be.supports(torch.device("meta"), torch.float32, 16)
     with pytest.raises(kernels.BackendError, match="does not support"):
-        kernels.select_backend("cpp", CPU, torch.bfloat16, 16, (32, 32), 2, 8)
+        kernels.select_backend("cpp", CPU, torch.float64, 16, (32, 32), 2, 8)
 
 
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -263,3 +264,117 @@ def test_threads_split_the_work_without_changing_a_bit(ext) -> None:
     if maps.exists():
         runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
         assert len(runtimes) <= 1, runtimes
+
+
+# ---------------------------------------------------------------------------------------
+# bf16 on AMX (B = 16)
+
+@pytest.fixture(scope="module")
+def amx(ext):
+    ext.force_isa(-1)  # the fp32 tests leave a forced instruction set behind, which turns AMX off
+    if not ext.amx():
+        pytest.skip("this CPU has no AMX-BF16 (or the OS does not grant the tile state): "
+                    "bf16 stays on the other backends")
+    return ext
+
+
+def _check_bf16(w32: BlockSparseMatrix, n: int, seed: int = 1) -> None:
+    """The bf16 products against the fp32 reference on the same bf16-rounded operands:
+    forward and grad-input rounded once to bf16 at the end (relative 2^-8), grad-values
+    accumulated in fp32."""
+    g = torch.Generator().manual_seed(seed)
+    v = w32.values.bfloat16()
+    wb = BlockSparseMatrix(v, w32.rows, w32.cols, w32.shape, 16, {})
+    wf = BlockSparseMatrix(v.float(), w32.rows, w32.cols, w32.shape, 16, {})
+    x = torch.randn(n, w32.shape[1], generator=g).bfloat16()
+    dy = torch.randn(n, w32.shape[0], generator=g).bfloat16()
+    bias = torch.randn(w32.shape[0], generator=g).bfloat16()
+    y = sparse_forward(x, wb, "cpp", bias)
+    dx = sparse_grad_input(dy, wb, "cpp")
+    dv = sparse_grad_values(dy, x, wb, "cpp")
+    assert y.dtype == dx.dtype == torch.bfloat16 and dv.dtype == torch.float32
+    ref_y = dense_forward_reference(x.float(), wf) + bias.float()
+    torch.testing.assert_close(y.float(), ref_y, rtol=2 ** -8, atol=2 ** -8 * (1 + ref_y.abs().max().item()))
+    ref_dx = dense_grad_input_reference(dy.float(), wf)
+    torch.testing.assert_close(dx.float(), ref_dx, rtol=2 ** -8, atol=2 ** -8 * (1 + ref_dx.abs().max().item()))
+    torch.testing.assert_close(dv, dense_grad_values_reference(dy.float(), x.float(), wf), rtol=1e-5, atol=1e-4)
+    db = kernels.get_backend("cpp").grad_bias(dy)
+    assert db.dtype == torch.float32
+    torch.testing.assert_close(db, dy.double().sum(0).float(), rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_products_match_reference_on_odd_shapes_and_token_counts(amx) -> None:
+    # wide and tall (grad-values transposes the narrower operand either way)
+    for seed, (O, I) in enumerate(((16, 16), (48, 80), (112, 32), (64, 192), (192, 64))):
+        w = BlockSparseMatrix.random((O, I), 16, 0.3, torch.Generator().manual_seed(seed))
+        w.values.normal_(generator=torch.Generator().manual_seed(seed))
+        for n in (1, 5, 16, 31, 32, 33, 63, 64, 65, 100, 129):   # around the 32-token pair / 64-token tiles
+            _check_bf16(w, n, seed + n)
+
+
+def test_bf16_empty_rows_and_columns_density_one_no_blocks_and_zero_tokens(amx) -> None:
+    _check_bf16(_matrix(64, 48, 16, [(0, 1), (0, 2), (2, 2), (3, 1)]), 37)   # row 1, column 0 empty
+    _check_bf16(_matrix(48, 64, 16, [(r, c) for r in range(3) for c in range(4)]), 70)  # density 1
+    w = BlockSparseMatrix(torch.zeros(0, 16, 16, dtype=torch.bfloat16), torch.zeros(0, dtype=torch.int32),
+                          torch.zeros(0, dtype=torch.int32), (32, 48), 16, {})
+    x = torch.randn(7, 48).bfloat16()
+    assert torch.equal(sparse_forward(x, w, "cpp"), torch.zeros(7, 32, dtype=torch.bfloat16))
+    assert torch.equal(sparse_grad_input(torch.randn(7, 32).bfloat16(), w, "cpp"),
+                       torch.zeros(7, 48, dtype=torch.bfloat16))
+    assert sparse_grad_values(torch.randn(7, 32).bfloat16(), x, w, "cpp").shape == (0, 16, 16)
+    w1 = _matrix(32, 32, 16, [(1, 0)])
+    wb = BlockSparseMatrix(w1.values.bfloat16(), w1.rows, w1.cols, w1.shape, 16, {})
+    assert sparse_forward(torch.randn(0, 32).bfloat16(), wb, "cpp").shape == (0, 32)
+    dv = sparse_grad_values(torch.randn(0, 32).bfloat16(), torch.randn(0, 32).bfloat16(), wb, "cpp")
+    assert dv.abs().sum() == 0
+
+
+def test_bf16_autograd_under_autocast_matches_the_reference_and_survives_a_pattern_update(amx) -> None:
+    torch.manual_seed(0)
+    layer = SparseLinear(64, 48, sparsity=0.5, block_size=16, backend="cpp", seed=0)
+    ref = SparseLinear(64, 48, sparsity=0.5, block_size=16, backend="reference", seed=0)
+    x = torch.randn(3, 23, 64)
+    for update in range(2):
+        xs, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ys, yr = layer(xs), ref(xr)
+        assert ys.dtype == torch.bfloat16
+        torch.testing.assert_close(ys, yr, rtol=2 ** -7, atol=2 ** -7 * (1 + yr.abs().max().item()))
+        ys.float().pow(2).sum().backward()
+        yr.float().pow(2).sum().backward()
+        for a, b in ((xs.grad, xr.grad), (layer.values.grad, ref.values.grad), (layer.bias.grad, ref.bias.grad)):
+            assert a.dtype == b.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=2 ** -6, atol=2 ** -6 * (1 + b.abs().max().item()))
+        g = torch.Generator().manual_seed(10 + update)
+        new = BlockSparseMatrix.random((48, 64), 16, 0.5, g)
+        for m in (layer, ref):
+            m.set_pattern(new.rows, new.cols, new.values.clone())
+            m.values.grad = None
+            m.bias.grad = None
+
+
+def test_bf16_threads_split_the_work_without_changing_a_bit(amx) -> None:
+    w = BlockSparseMatrix.random((96, 160), 16, 0.4, torch.Generator().manual_seed(3))
+    wb = BlockSparseMatrix(w.values.bfloat16(), w.rows, w.cols, w.shape, 16, {})
+    x = torch.randn(300, 160).bfloat16()
+    dy = torch.randn(300, 96).bfloat16()
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            outs.append((sparse_forward(x, wb, "cpp"), sparse_grad_input(dy, wb, "cpp"),
+                         sparse_grad_values(dy, x, wb, "cpp"), kernels.get_backend("cpp").grad_bias(dy)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_forcing_a_lower_instruction_set_switches_bf16_off(amx) -> None:
+    try:
+        amx.force_isa(2)
+        assert not kernels.get_backend("cpp").supports(CPU, torch.bfloat16, 16)
+    finally:
+        amx.force_isa(-1)
+    assert kernels.get_backend("cpp").supports(CPU, torch.bfloat16, 16)
