@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bert_ipu.model.dropout import Dropout, attention
+
 if TYPE_CHECKING:  # the config is only read here; importing it would tie model <-> config
     from bert_ipu.config import ModelConfig, SparsityConfig
 
@@ -84,7 +86,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, H)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, H)
         self.LayerNorm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         S = input_ids.shape[1]
@@ -113,7 +115,7 @@ class BertSelfAttention(nn.Module):
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         p = self.dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = attention(q, k, v, mask, p)
         return y.transpose(1, 2).reshape(B, S, H)                                # (B, S, H)
 
 
@@ -122,7 +124,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = linear(cfg.hidden_size, cfg.hidden_size, f"{prefix}.dense")
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, h: Tensor, residual: Tensor) -> Tensor:
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
@@ -152,7 +154,7 @@ class BertOutput(BertSelfOutput):
         nn.Module.__init__(self)
         self.dense = linear(cfg.intermediate_size, cfg.hidden_size, f"{prefix}.dense")
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
 
 class BertLayer(nn.Module):

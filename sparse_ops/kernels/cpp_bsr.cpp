@@ -20,6 +20,8 @@
 // in chunks; blocks split across threads (each block owned by one thread).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <immintrin.h>
 #include <malloc.h>
 #include <sys/mman.h>
@@ -805,6 +807,45 @@ at::Tensor col_sum_bf16(const at::Tensor& dY) {
   return out;
 }
 
+
+// Dropout with a counter-based generator: element i is kept iff the 32-bit draw
+// u(seed, i) >= p 2^32, with u from SplitMix64 of seed + (i / 2 + 1) x golden ratio (two draws a
+// hash). Any element's draw depends on (seed, i) only: the same mask for any thread count,
+// and the backward regenerates it from the seed instead of storing it. y = x / (1 - p) or 0.
+inline uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) {
+  TORCH_CHECK(x.device().is_cpu(), "cpp_bsr: dropout input must be on the CPU");
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "cpp_bsr: dropout probability must be in [0, 1), got ", p);
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const int64_t n = xc.numel();
+  const uint64_t threshold = static_cast<uint64_t>(p * 4294967296.0);
+  const uint64_t base = static_cast<uint64_t>(seed);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "dynsp_dropout", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t scale = static_cast<acc_t>(1.0 / (1.0 - p));
+    const scalar_t* a = xc.data_ptr<scalar_t>();
+    scalar_t* o = y.data_ptr<scalar_t>();
+    at::parallel_for(0, (n + 1) / 2, 16384, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const uint64_t z = splitmix64(base + static_cast<uint64_t>(j + 1) * 0x9E3779B97F4A7C15ull);
+        const int64_t i = 2 * j;
+        o[i] = (z & 0xFFFFFFFFull) >= threshold ? static_cast<scalar_t>(static_cast<acc_t>(a[i]) * scale)
+                                                 : static_cast<scalar_t>(0);
+        if (i + 1 < n)
+          o[i + 1] = (z >> 32) >= threshold ? static_cast<scalar_t>(static_cast<acc_t>(a[i + 1]) * scale)
+                                            : static_cast<scalar_t>(0);
+      }
+    });
+  });
+  return y;
+}
+
 // The instruction set the kernels use on this CPU: "avx512", "avx2" or "none".
 std::string isa_name() {
   switch (active_isa()) {
@@ -852,6 +893,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_gemm_bf16", &row_gemm_bf16, "bf16 row GEMM with AMX (B = 16)");
   m.def("sddmm_bf16", &sddmm_bf16, "bf16 SDDMM with AMX (B = 16), fp32 result");
   m.def("col_sum_bf16", &col_sum_bf16, "fp32 column sums of bf16 dY (bias gradient)");
+  m.def("dropout", &dropout, "dropout with a counter-based mask (seed, element index)");
   m.def("amx", &amx_available, "whether the bf16 AMX kernels can run here");
   m.def("peak_gflops", &peak_gflops, "one core's fp32 FMA peak (GFLOP/s)");
   m.def("force_isa", &force_isa, "restrict the kernels to a lower instruction set (tests)");
