@@ -85,6 +85,18 @@ def test_grads_are_finite_detects_inf_and_nan():
     assert P.grads_are_finite([a, b])
     b.grad = torch.tensor([1.0, float("nan")])
     assert not P.grads_are_finite([a, b])
+    # large tensors (vectorised, multi-threaded reductions), every dtype, any position;
+    # huge finite values are finite
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        big = torch.nn.Parameter(torch.zeros(100_003, dtype=dtype))
+        big.grad = torch.full((100_003,), float(torch.finfo(dtype).max), dtype=dtype)
+        assert P.grads_are_finite([big])
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            for pos in (0, 50_000, 100_002):
+                g = torch.randn(100_003).to(dtype)
+                g[pos] = bad
+                big.grad = g
+                assert not P.grads_are_finite([a, big]), (dtype, bad, pos)
 
 
 def test_scaler_state_round_trips_and_checks_mode():
