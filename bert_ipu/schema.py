@@ -146,11 +146,13 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
 
 def read_yaml_tree(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config file, resolving `extends:` (relative to the file) recursively."""
+    from bert_ipu.userfiles import UserFileError, read_text
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read config file: {err}", str(path)) from None
+        text = read_text(path, "config file")
+    except UserFileError as err:
+        raise ConfigError(str(err), str(path)) from None
     data = parse_yaml_value(text, str(path))
     if data is None or data == {}:
         # An empty file would silently start a full default (BERT-Base) run.

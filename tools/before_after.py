@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     before = rev.stdout.strip()
     after = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
+    # SIGTERM (kill, a job scheduler) ends it through the cleanup below, like Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     tmp = Path(tempfile.mkdtemp(prefix="dynsp-before-after-"))
     tree = tmp / "before"
     rows: list[dict[str, Any]] = []

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from bert_ipu.data.config import DataError
-from bert_ipu.fsutil import fsync_dir
+from bert_ipu.fsutil import fsync_dir, naming
 
 CACHE_VERSION = 2  # 2: one-sentence chunks draw their NSP label (pretraining.py)
 META = "meta.json"
@@ -64,7 +64,8 @@ class ArrayWriter:
     def append(self, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=self.dtype)
         self.rows += len(values)
-        values.tofile(self._f)
+        with naming(self.part):  # numpy's own message ("N requested and 0 written") names nothing
+            values.tofile(self._f)
 
     def finish(self) -> dict[str, Any]:
         """Write the .npy (header + data), fsync it; return {"dtype", "shape"}."""
@@ -72,7 +73,7 @@ class ArrayWriter:
         shape = (self.rows,) if self.width is None else (self.rows, self.width)
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype),
                   "fortran_order": False, "shape": shape}
-        with open(self.path, "wb") as out, open(self.part, "rb") as src:
+        with naming(self.path), open(self.path, "wb") as out, open(self.part, "rb") as src:
             np.lib.format.write_array_header_1_0(out, header)
             shutil.copyfileobj(src, out, 1 << 22)
             out.flush()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -50,9 +52,45 @@ def _settings(args: argparse.Namespace) -> FinetuneSettings:
     fields = FinetuneSettings.__dataclass_fields__
     s = FinetuneSettings(**{k: getattr(args, k) for k in fields})
     for name in ("epochs", "learning_rate", "batch_size", "max_length"):
-        if not getattr(s, name) > 0:
-            raise TaskError(f"--{name.replace('_', '-')}: expected > 0, got {getattr(s, name)}")
+        value = getattr(s, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise TaskError(f"--{name.replace('_', '-')}: expected a finite number > 0, got {value}")
+    for name in ("warmup", "weight_decay"):
+        value = getattr(s, name)
+        if not (0 <= value and math.isfinite(value)) or (name == "warmup" and value > 1):
+            raise TaskError(f"--{name.replace('_', '-')}: expected "
+                            f"{'a fraction in [0, 1]' if name == 'warmup' else 'a finite number >= 0'}, got {value}")
+    if s.eval_steps < 0:
+        raise TaskError(f"--eval-steps: expected an integer >= 0, got {s.eval_steps}")
     return s
+
+
+def _check_output(output: str | None) -> Path | None:
+    """The results file, checked writable before any training (a failure after training
+    would lose the results)."""
+    if not output:
+        return None
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise TaskError(f"--output {output}: is a folder; expected a results file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise TaskError(f"--output {output}: cannot write there: {exc.strerror or exc}") from None
+    return path
+
+
+def _write_results(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TaskError(f"--output {path}: writing the results failed: {exc.strerror or exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,17 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = _settings(args)
+        output = _check_output(args.output)
         cols = args.text_columns.split(",") if args.text_columns else None
         task = load_task(args.task, args.train, args.eval, cols, args.label_column,
                          not args.no_header, tuple(args.splits.split(",")))
         results = finetune(args.model, task, settings)
+        if output is not None:
+            _write_results(output, json.dumps(results, indent=1))
     except (TaskError, HubError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    text = json.dumps(results, indent=1)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
     print(json.dumps(results["final"]))
     return EXIT_OK
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from bert_ipu.userfiles import UserFileError, read_csv, read_text
+
 # Column names tried in order when none are given (GLUE's, then common ones).
 TEXT_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("question1", "question2"),
                 ("#1 String", "#2 String"), ("premise", "hypothesis"), ("sentence",), ("text",))
@@ -50,20 +52,21 @@ class Task:
 def read_rows(path: Path, header: bool = True) -> list[dict[str, Any]]:
     """Rows of a .csv/.tsv (GLUE TSVs: no quoting) or .json (list) / .jsonl file; without
     a header, columns are named by their index ("0", "1", ...)."""
-    if not path.is_file():
-        raise TaskError(f"{path}: file does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".json", ".jsonl"):
-        try:
-            rows = json.loads(text) if path.suffix == ".json" else [
-                json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError as exc:
-            raise TaskError(f"{path}: expected JSON ({path.suffix}), could not parse it: {exc}") from None
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise TaskError(f"{path}: expected a list of objects (one per example)")
-        return rows
-    delimiter, quoting = ("\t", csv.QUOTE_NONE) if path.suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
-    lines = list(csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting))
+    try:
+        if path.suffix in (".json", ".jsonl"):
+            text = read_text(path, "task file")
+            try:
+                rows = json.loads(text) if path.suffix == ".json" else [
+                    json.loads(line) for line in text.splitlines() if line.strip()]
+            except ValueError as exc:
+                raise TaskError(f"{path}: expected JSON ({path.suffix}), could not parse it: {exc}") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise TaskError(f"{path}: expected a list of objects (one per example)")
+            return rows
+        delimiter, quoting = ("\t", csv.QUOTE_NONE) if path.suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
+        lines = read_csv(path, delimiter, quoting, "task file")
+    except UserFileError as exc:
+        raise TaskError(str(exc)) from None
     names = lines[0] if header and lines else [str(i) for i in range(len(lines[0]) if lines else 0)]
     body = lines[1:] if header else lines
     return [dict(zip(names, line)) for line in body if line]
@@ -161,6 +164,12 @@ def number_labels(*splits: list[int | str], where: str) -> tuple[list[list[int]]
         raise TaskError(f"{where}: labels mix integers and strings: {sorted(map(str, values))[:6]}")
     if len(values) < 2:
         raise TaskError(f"{where}: expected at least 2 distinct labels, got {sorted(values)}")
+    if len(splits) > 1:
+        unseen = sorted({v for split in splits[1:] for v in split} - set(splits[0]), key=str)
+        if unseen:
+            raise TaskError(f"{where}: the evaluation labels {[str(v) for v in unseen][:6]} never occur "
+                            "in the training file; a classifier cannot learn them (check the label "
+                            "column and the files)")
     ordered = sorted(values)
     ids = {v: i for i, v in enumerate(ordered)}
     return [[ids[v] for v in split] for split in splits], [str(v) for v in ordered]

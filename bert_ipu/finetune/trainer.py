@@ -39,26 +39,31 @@ class FinetuneSettings:
 
 def sparsity_masks(model_dir: Path, hf_model: nn.Module) -> dict[str, Tensor]:
     """HF weight name -> [O, I] 0/1 mask of the active blocks, from sparse/model.safetensors."""
-    from safetensors import safe_open
-
     from bert_ipu.hub.sparse import FILE
+    from bert_ipu.userfiles import UserFileError, read_safetensors
 
     file = model_dir / "sparse" / FILE
     if not file.is_file():
         raise TaskError(f"--keep-sparsity: {file} is missing; export the model with --sparse")
     params = dict(hf_model.named_parameters())
     masks = {}
-    with safe_open(str(file), framework="pt") as handle:
-        B = int(handle.metadata()["block_size"])
-        for key in handle.keys():
+    try:
+        tensors, meta = read_safetensors(file, "compressed model")
+        B = int(meta["block_size"])
+        for key in tensors:
             if key.endswith(".rows"):
                 name = key[:-len(".rows")]
-                rows, cols = handle.get_tensor(key).long(), handle.get_tensor(name + ".cols").long()
+                rows, cols = tensors[key].long(), tensors[name + ".cols"].long()
                 weight = params[_hf_name(name, params) + ".weight"]
                 blocks = torch.zeros(weight.shape[0] // B, weight.shape[1] // B)
                 blocks[rows, cols] = 1.0
                 masks[_hf_name(name, params) + ".weight"] = blocks.repeat_interleave(
                     B, 0).repeat_interleave(B, 1)
+    except UserFileError as exc:
+        raise TaskError(f"--keep-sparsity: {exc}") from None
+    except (KeyError, ValueError, IndexError, RuntimeError) as exc:
+        raise TaskError(f"--keep-sparsity: {file} does not fit the model in --model: "
+                        f"{type(exc).__name__} {str(exc)[:200]}") from None
     return masks
 
 
@@ -74,12 +79,22 @@ def load_models(model_dir: Path, k: int, s: FinetuneSettings) -> tuple[Any, nn.M
     if not (model_dir / "config.json").is_file():
         raise TaskError(f"--model {model_dir}: no config.json; expected an exported model "
                         "folder (python -m bert_ipu.export CHECKPOINT OUT_DIR)")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    torch.manual_seed(s.seed)  # the classifier head (and a random-init model) are seeded
-    if s.random_init:
+    try:
         config = AutoConfig.from_pretrained(str(model_dir), num_labels=k)
-        return tok, AutoModelForSequenceClassification.from_config(config)
-    return tok, AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=k)
+        limit = int(getattr(config, "max_position_embeddings", s.max_length))
+        if s.max_length > limit:
+            raise TaskError(f"--max-length: expected at most {limit} (the model's "
+                            f"max_position_embeddings), got {s.max_length}")
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        torch.manual_seed(s.seed)  # the classifier head (and a random-init model) are seeded
+        if s.random_init:
+            return tok, AutoModelForSequenceClassification.from_config(config)
+        return tok, AutoModelForSequenceClassification.from_pretrained(str(model_dir), config=config)
+    except TaskError:
+        raise
+    except Exception as exc:  # transformers / safetensors / tokenizers: an unusable folder
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TaskError(f"--model {model_dir}: cannot load the exported model: {first[:300]}") from None
 
 
 def encode(tok: Any, split: Split, max_length: int) -> list[dict[str, list[int]]]:

@@ -7,7 +7,11 @@
     OUT/sparse/model.safetensors           --sparse: active blocks only (hub/sparse.py)
 
 The folder is written under a temporary name next to OUT and renamed into place, so a
-failed export never leaves a half-written OUT and never damages an earlier one.
+failed export never leaves a half-written OUT and never damages an earlier one. OUT may
+be new, empty, or (with `overwrite`) a previous export, recognised by its
+`.dynsp-export` marker (or, written before the marker existed, its dynsp_config.yaml);
+never a run, checkpoint or sweep folder, the source, or a folder holding either
+(`fsutil.check_replaceable`). A lock next to OUT keeps two exports from racing for it.
 """
 from __future__ import annotations
 
@@ -20,12 +24,15 @@ from pathlib import Path
 from typing import Callable
 
 from bert_ipu.config import save_config
+from bert_ipu.fsutil import EXPORT_MARKERS, UnsafeTargetError, check_replaceable
 from bert_ipu.data.config import SPECIAL_TOKENS
 from bert_ipu.hub import card, sparse
 from bert_ipu.hub.source import RUN_CONFIG, VOCAB, HubError, Pretrained
 from bert_ipu.model.hf import to_transformers
+from bert_ipu.train.runlock import OutputInUseError, RunLock
 
 ARCHITECTURES = ["BertForPreTraining"]
+MARKER = EXPORT_MARKERS[0]         # written into every export: what --overwrite may replace
 
 
 def write_tokenizer(tokens: list[str], lowercase: bool, max_length: int, out: Path) -> None:
@@ -62,33 +69,66 @@ def _write(src: Pretrained, tmp: Path, with_sparse: bool) -> dict[str, int]:
     facts = card.run_facts(src, sum(p.numel() for p in hf.parameters()), sizes)
     (tmp / "dynsp_run.json").write_text(json.dumps(facts, indent=1))
     (tmp / "README.md").write_text(card.model_card(facts), encoding="utf-8")
+    (tmp / MARKER).write_text(json.dumps({"source": str(src.path), "step": src.step}) + "\n")
     for file in tmp.rglob("*"):  # the weight writers create 0600 files; the folder is for sharing
         if file.is_file():
             file.chmod(0o644)
     return sizes
 
 
+def check_target(out: str | Path, what: str, protected: tuple[str | Path, ...],
+                 overwrite: bool) -> Path:
+    """The resolved export folder `out`, checked before any work (HubError: one line)."""
+    try:
+        path = check_replaceable(out, what, EXPORT_MARKERS, protected)
+    except UnsafeTargetError as exc:
+        raise HubError(str(exc)) from None
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise HubError(f"{what} {str(out)!r}: holds a previous export; choose another folder "
+                       "(or --overwrite to replace it)")
+    return path
+
+
+def _protected(src: Pretrained) -> tuple[Path, ...]:
+    """The source and, for a checkpoint, its run folder (never an export target)."""
+    folders = [src.path]
+    if src.path.parent.name == "checkpoints":
+        folders.append(src.path.parent.parent)
+    return tuple(folders)
+
+
 def export_folder(src: Pretrained, out: str | Path, with_sparse: bool = False,
-                  overwrite: bool = False) -> dict[str, int]:
+                  overwrite: bool = False, protected: tuple[str | Path, ...] = ()) -> dict[str, int]:
     """Export `src` to `out` (see the module docstring); returns the weight file sizes.
 
     HubError when the source has no vocabulary, `with_sparse` is asked of a dense
-    model, or `out` exists, is not empty and `overwrite` is False."""
-    out = Path(out).expanduser()
+    model, `out` is not a folder this function may write (`check_target`: new, empty, or
+    a previous export with `overwrite`), or writing fails (nothing is replaced then)."""
+    target = str(out)
+    out = check_target(out, "OUT_DIR", _protected(src) + tuple(protected), overwrite)
     if src.vocab is None:
         raise HubError(f"{src.path}: holds no vocab.txt (written by runs of this version "
                        "on); cannot export a model without its tokenizer")
     if with_sparse and src.cfg.sparsity.method == "dense":
         raise HubError(f"--sparse: {src.path} is a dense model (sparsity.method=dense); "
                        "there is no compressed form to write")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise HubError(f"{out}: exists and is not empty; choose another OUT_DIR "
-                       "(or --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
     try:
-        sizes = _write(src, tmp, with_sparse)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out.parent, f".{out.name}.export.lock").acquire("OUT_DIR", out)
+    except (OSError, OutputInUseError) as exc:
+        raise HubError(str(exc) if isinstance(exc, OutputInUseError)
+                       else f"OUT_DIR {target!r}: cannot create its folder: {exc.strerror or exc}") from None
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        check_target(out, "OUT_DIR", _protected(src) + tuple(protected), overwrite)  # under the lock
+        tmp.mkdir()
+        try:
+            sizes = _write(src, tmp, with_sparse)
+        except Exception as exc:  # a full disk, an unwritable folder, a writer's own error
+            where = getattr(exc, "filename", None) or tmp
+            first = (str(getattr(exc, "strerror", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise HubError(f"OUT_DIR {target!r}: writing {where} failed: {first} (nothing was "
+                           "replaced)") from None
         trash = out.with_name(f".trash-{out.name}-{uuid.uuid4().hex[:8]}")
         if out.exists():
             os.rename(out, trash)
@@ -96,6 +136,7 @@ def export_folder(src: Pretrained, out: str | Path, with_sparse: bool = False,
         shutil.rmtree(trash, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
     return sizes
 
 
@@ -107,7 +148,8 @@ def export_run_end(checkpoint: Path, out: str | Path, log: Callable[[str], None]
 
     try:
         src = load_pretrained(checkpoint)
-        sizes = export_folder(src, out, src.cfg.sparsity.method != "dense", overwrite=True)
+        sizes = export_folder(src, out, src.cfg.sparsity.method != "dense", overwrite=True,
+                              protected=(src.cfg.output_dir, src.cfg.checkpoint.checkpoint_output_dir))
     except (HubError, OSError) as exc:
         raise CheckpointError(f"checkpoint.export_dir: the export failed: {exc} (the run "
                               f"and its checkpoint {checkpoint} are complete)") from None

@@ -17,6 +17,7 @@ from bert_ipu.config import Config, ConfigError, config_from_dict, config_to_dic
 from bert_ipu.model import BertForPreTraining, build_model
 from bert_ipu.train import checkpoint as ck
 from bert_ipu.train.vocab import VOCAB, vocab_tokens
+from bert_ipu.userfiles import UserFileError, read_safetensors, read_text
 
 RUN_CONFIG = "dynsp_config.yaml"   # the run config inside an exported folder
 
@@ -46,7 +47,7 @@ class Pretrained:
 def _config(text: str, where: Path) -> Config:
     try:
         return config_from_dict(yaml.safe_load(text))
-    except (ConfigError, yaml.YAMLError) as exc:
+    except (ConfigError, yaml.YAMLError, TypeError, ValueError) as exc:
         raise HubError(f"{where}: the saved run config is not usable: {exc}") from None
 
 
@@ -107,11 +108,15 @@ def _from_export(path: Path) -> Pretrained:
     """An exported folder: the compressed sparse form when present, else the dense one."""
     from bert_ipu.hub import sparse
 
-    cfg = _config((path / RUN_CONFIG).read_text(), path / RUN_CONFIG)
+    cfg = _config(_text(path / RUN_CONFIG, "run config"), path / RUN_CONFIG)
     card = _read_json(path / "dynsp_run.json")
     compressed = path / "sparse" / sparse.FILE
     if compressed.is_file():
-        model, _, _ = sparse.load_compressed(compressed)
+        try:
+            model, _, _ = sparse.load_compressed(compressed)
+        except (UserFileError, ValueError, KeyError, RuntimeError) as exc:
+            raise HubError(f"{compressed}: not a usable compressed model: "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     else:
         if cfg.sparsity.method != "dense":  # densified weights: continue as a dense model
             cfg = config_from_dict(config_to_dict(cfg), ["sparsity.method=dense",
@@ -119,8 +124,15 @@ def _from_export(path: Path) -> Pretrained:
         model = build_model(cfg.model, cfg.sparsity, seed=0)
         _load_dense(model, path / "model.safetensors")
     vocab_file = path / VOCAB
-    vocab = vocab_tokens(vocab_file.read_text(encoding="utf-8")) if vocab_file.is_file() else None
+    vocab = vocab_tokens(_text(vocab_file, "vocabulary")) if vocab_file.is_file() else None
     return Pretrained(path, cfg, model.eval(), vocab, card.get("steps"), card)
+
+
+def _text(file: Path, what: str) -> str:
+    try:
+        return read_text(file, what)
+    except UserFileError as exc:
+        raise HubError(str(exc)) from None
 
 
 def _read_json(file: Path) -> dict[str, Any]:
@@ -132,11 +144,12 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 def _load_dense(model: BertForPreTraining, file: Path) -> None:
     """Load HF-named dense weights (the tied decoder restored from the embeddings)."""
-    from safetensors.torch import load_file
-
     if not file.is_file():
         raise HubError(f"{file}: missing; expected the exported dense weights")
-    state = load_file(str(file))
+    try:
+        state, _ = read_safetensors(file, "exported dense weights")
+    except UserFileError as exc:
+        raise HubError(str(exc)) from None
     state.setdefault("cls.predictions.decoder.weight",
                      state.get("bert.embeddings.word_embeddings.weight"))
     state.setdefault("cls.predictions.decoder.bias", state.get("cls.predictions.bias"))

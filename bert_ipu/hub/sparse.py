@@ -50,14 +50,12 @@ def save_compressed(model: nn.Module, model_cfg: ModelConfig, sparsity_cfg: Spar
 def load_compressed(path: str | Path) -> tuple[BertForPreTraining, ModelConfig, SparsityConfig]:
     """Rebuild the project's sparse model from a compressed file: (model in eval mode,
     its model settings, its sparsity settings). ValueError names what does not fit."""
-    from safetensors import safe_open
+    from bert_ipu.userfiles import read_safetensors
 
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: expected a compressed model of format {FORMAT!r}, "
-                             f"got {meta.get('format')!r}")
-        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    state, meta = read_safetensors(Path(path), "compressed model")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: expected a compressed model of format {FORMAT!r}, "
+                         f"got {meta.get('format')!r}")
     model_cfg = ModelConfig(**json.loads(meta["model"]))
     raw = json.loads(meta["sparsity"])
     sparsity_cfg = SparsityConfig(**{k: tuple(v) if isinstance(v, list) else v

@@ -65,6 +65,9 @@ def _main_run(argv: list[str]) -> int:
     from bert_ipu.sweep.results import write_results
     from bert_ipu.sweep.runner import command, plan_lines, run_state, run_sweep
     from bert_ipu.sweep.spec import expand_sweep, load_sweep
+    from bert_ipu.train.runlock import OutputInUseError, RunLock
+
+    SWEEP_LOCK = ".sweep.lock"  # fsutil.RUN_MARKERS lists it: a sweep folder is never replaced
 
     args = _run_parser().parse_args(argv)
     if args.jobs < 1:
@@ -85,7 +88,16 @@ def _main_run(argv: list[str]) -> int:
     print("\n".join(plan_lines(runs)), file=sys.stderr)
     if args.dry_run:
         return EXIT_OK
-    codes = run_sweep(runs, args.jobs, log=lambda s: print(s, file=sys.stderr, flush=True))
+    try:  # one runner per sweep folder: a second one would redo runs the first is running
+        root.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(root, SWEEP_LOCK).acquire("the sweep's output_root")
+    except (OSError, OutputInUseError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        codes = run_sweep(runs, args.jobs, log=lambda s: print(s, file=sys.stderr, flush=True))
+    finally:
+        lock.release()
     failed = sorted(i for i, c in codes.items() if c != 0)
     if not args.no_collect and root.is_dir():
         try:

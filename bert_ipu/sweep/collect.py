@@ -82,6 +82,19 @@ def nonembedding_params(config: dict[str, Any]) -> float:
     return float(layers * (4 * h * h + 2 * h * inter) * density)
 
 
+def run_status(summary: dict[str, Any], record: dict[str, Any], config: dict[str, Any]) -> str:
+    """'finished' only when summary.json reports every step the run's config.yaml asks
+    for: a summary of fewer steps (an interrupted run, or an earlier shorter run whose
+    longer redo was stopped) is not a finished run. Else the runner's status, or
+    'unfinished'."""
+    target = (config.get("training") or {}).get("training_steps")
+    steps = summary.get("steps")
+    if summary and (target is None or (isinstance(steps, int) and steps >= target)):
+        return "finished"
+    status = record.get("status")
+    return status if status and status != "finished" else "unfinished"
+
+
 def _run_row(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     summary = _json(run_dir / "summary.json") or {}
     record = _json(run_dir / RUN_RECORD) or {}
@@ -90,7 +103,7 @@ def _run_row(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
                  if r.get("removed_new_fraction") is not None]
     seqs, rate = summary.get("sequences"), summary.get("sequences_per_second")
     wall = record.get("wall_s") or (seqs / rate if seqs and rate else None)
-    status = "finished" if summary else record.get("status", "unfinished")
+    status = run_status(summary, record, config)
     return {"run": str(run_dir), "status": status,
             "seed": config.get("training", {}).get("seed"),
             "steps": summary.get("steps"), "sequences": seqs,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bert_ipu.userfiles import UserFileError, read_text
 from bert_ipu.config import Config, ConfigError, load_config
 from bert_ipu.schema import dump_yaml, need, parse_yaml_value
 
@@ -103,9 +104,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     """The sweep file's mapping, its keys checked (unknown key, empty lists, seeds)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read sweep file: {err}", str(path)) from None
+        text = read_text(path, "sweep file")
+    except UserFileError as err:
+        raise ConfigError(str(err), str(path)) from None
     raw = parse_yaml_value(text, str(path)) or {}
     need(isinstance(raw, dict) and isinstance(raw.get("config"), str), f"{path}: config",
          "a mapping with `config: PATH`", raw)
@@ -121,6 +122,8 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
          f"{path}: seeds", "a non-empty list of distinct integers >= 0", seeds)
     root = raw.get("output_root", f"runs/sweeps/{path.stem}")
     need(isinstance(root, str) and root, f"{path}: output_root", "a folder path", root)
+    need(not Path(root).exists() or Path(root).is_dir(), f"{path}: output_root",
+         "a folder path (new or an existing folder)", f"{root} (an existing file)")
     return raw
 
 
@@ -148,4 +151,19 @@ def expand_sweep(path: str | Path) -> list[SweepRun]:
                 raise ConfigError(f"{path}: run {index:03d} ({label}): {err}",
                                   getattr(err, "path", str(path))) from None
             out.append(SweepRun(index, tuple(point), seed, base, tuple(overrides), cfg))
+    _distinct_folders(out, path)
     return out
+
+
+def _distinct_folders(runs: list[SweepRun], path: Path) -> None:
+    """Every run writes its own output and checkpoint folders (two runs sharing one
+    would archive each other's files forever): a ConfigError names the two runs."""
+    seen: dict[Path, int] = {}
+    for r in runs:
+        folders = {r.output_dir.resolve(), Path(r.config.checkpoint.checkpoint_output_dir).resolve()}
+        for folder in folders:
+            if folder in seen and seen[folder] != r.index:
+                raise ConfigError(f"{path}: runs {seen[folder]:03d} and {r.index:03d} write the same "
+                                  f"folder {folder} (an `output_dir` or `checkpoint.checkpoint_output_dir` "
+                                  "override shared by several runs); give each run its own", str(path))
+            seen[folder] = r.index

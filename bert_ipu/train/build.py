@@ -10,6 +10,7 @@ initialised from its own generator; the data order and masks are counter-based
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -116,6 +117,36 @@ def total_training_steps(cfg: Config, loader: PretrainingLoader | None) -> int:
     return max(1, math.ceil(t.epochs * len(loader) / t.gradient_accumulation))
 
 
+MAX_THREADS_PER_CPU = 4  # oversubscription beyond this is a typo (100000 crashed OpenMP)
+
+
+def check_threads(n: int) -> None:
+    """training.num_threads within MAX_THREADS_PER_CPU x this machine's CPUs."""
+    cpus = os.cpu_count() or 1
+    if n > MAX_THREADS_PER_CPU * cpus:
+        raise ConfigError(f"training.num_threads: expected at most {MAX_THREADS_PER_CPU * cpus} "
+                          f"({MAX_THREADS_PER_CPU} x the {cpus} CPUs of this machine), got {n}",
+                          "training.num_threads")
+
+
+def check_backend(cfg: Config, device: torch.device) -> None:
+    """A named sparsity.backend must run on the run's device (auto always does)."""
+    s = cfg.sparsity
+    if s.method == "dense" or s.backend == "auto":
+        return
+    from sparse_ops.kernels import BackendError, get_backend
+
+    try:
+        backend = get_backend(s.backend)
+    except BackendError:
+        backend = None
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    if backend is None or not any(backend.supports(device, d, s.block_size) for d in dtypes):
+        raise ConfigError(f"sparsity.backend: {s.backend!r} cannot run on this run's device "
+                          f"({device.type}) with block size {s.block_size}; use auto (or a backend "
+                          "for this device)", "sparsity.backend")
+
+
 def check_before_data(cfg: Config) -> None:
     """What can be checked without the prepared data, checked before preparing it (a
     preparation can take as long as a tokenisation of the corpus): the pattern updates
@@ -193,9 +224,11 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
                           "built without data (nothing to count epochs over), got None",
                           "training.training_steps")
     if t.num_threads is not None:
+        check_threads(t.num_threads)
         torch.set_num_threads(t.num_threads)
     info = D.from_environment()
     device = resolve_device(t.device, info.local_rank)
+    check_backend(cfg, device.torch_device)
     data_info = check_pipeline(cfg, info) if device.torch_pipeline else info
     D.init(info, device.distributed_backend)
     seed_everything(t.seed)

@@ -242,6 +242,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
         files = manifest["files"]
         if not isinstance(files, dict):
             raise TypeError("files is not an object")
+        for name in files:  # a plain file name inside the folder: never ../ or absolute
+            if (not isinstance(name, str) or not name or "/" in name or "\\" in name
+                    or name in (".", "..") or "\x00" in name):
+                raise ValueError(f"it names {name!r}, which is not a file name inside the "
+                                 "checkpoint folder")
     except FileNotFoundError:
         raise ChecksumError(f"checkpoint file {str(manifest_path)!r} is missing") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -127,7 +127,19 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
     progress = Progress(c.total_steps, state.step, main and c.cfg.logging.progress_bar)
     run = Run(c, state, out, stop, hooks, run_io.batch_stream(c.train_loader), metrics,
               progress, last_saved=resumed)
+    if resumed is not None and state.eval_pending:
+        redo_pending_eval(run)
     return run
+
+
+def redo_pending_eval(run: Run) -> None:
+    """The evaluation a stop signal cut short at the checkpoint's step, now, into that
+    step's metrics record (no hole in the curve)."""
+    result = run_eval(run)
+    if result:
+        run.metrics.amend(run.state.step, {f"eval_{k}": v for k, v in result.items()})
+        show_eval(run, result)
+        run.state.eval_pending = False
 
 
 # ------------------------------------------------------------------ one step
@@ -202,16 +214,18 @@ def after_step(run: Run, record: dict[str, Any]) -> None:
     c, state, lg = run.c, run.state, run.c.cfg.logging
     paused = time.perf_counter()
     at_end = state.step == c.total_steps
-    if at_end or (lg.eval_steps and state.step % lg.eval_steps == 0):
+    due = bool(at_end or (lg.eval_steps and state.step % lg.eval_steps == 0))
+    if due:
         result = run_eval(run)
         record.update({f"eval_{k}": v for k, v in result.items()})
         show_eval(run, result)
+        # cut short by a stop signal: the checkpoint says so, and the resumed run redoes it
+        state.eval_pending = not result and c.eval_dataset is not None
     every = c.cfg.checkpoint.checkpoint_steps
     if at_end or (every and state.step % every == 0):
         save(run)
     run.timer.pause(time.perf_counter() - paused)
-    if at_end or state.step % lg.log_steps == 0 or "update_index" in record or (
-            "eval_mlm_loss" in record):
+    if at_end or state.step % lg.log_steps == 0 or "update_index" in record or due:
         log_record(run, record)
     else:
         run.progress.update(1, record["loss"], run.timer.peek())
@@ -288,7 +302,16 @@ def interrupt(run: Run) -> None:
 
 # ------------------------------------------------------------------ the end
 def finish(run: Run) -> dict[str, Any]:
-    """Final evaluation, final checkpoint, eval.json and summary.json."""
+    """Final evaluation, final checkpoint, eval.json and summary.json; NonFiniteLossError
+    (exit 3) when no step of the run was applied (a run that trained nothing never ends
+    as a success)."""
+    state = run.state
+    if state.step > 0 and max(state.skipped_streak, state.nonfinite_streak) >= state.step:
+        raise NonFiniteLossError(
+            f"training stopped: none of the {state.step} steps was applied (every one was "
+            f"skipped: {'fp16 gradient overflow, loss scale ' + format(run.c.scaler.scale, 'g') if state.skipped_streak else 'non-finite loss or gradients'}), "
+            "so nothing was trained; use training.auto_loss_scaling=true or a smaller "
+            "training.loss_scaling, or another training.precision")
     final_eval = run.last_eval[1] if run.last_eval and run.last_eval[0] == run.state.step \
         else run_eval(run)
     save(run)

@@ -12,9 +12,10 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
+
+from bert_ipu.fsutil import naming
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +37,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class OutputWriteError(OSError):
-    """A run output could not be written; the message names the file (a bare
-    `[Errno 28] No space left on device` does not say where)."""
-
-    def __str__(self) -> str:
-        return f"could not write {self.filename}: {self.strerror}"
-
-
-@contextmanager
-def naming(path: Path) -> Iterator[None]:
-    """Re-raise an OSError of the block as OutputWriteError naming `path`."""
-    try:
-        yield
-    except OutputWriteError:
-        raise
-    except OSError as exc:
-        raise OutputWriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
-
-
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write a JSON file atomically (temporary file + rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with naming(path):
+    with naming(path, cleanup=tmp):
         tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
         os.replace(tmp, path)
 
@@ -134,6 +116,30 @@ class MetricsWriter:
         if self.enabled:
             _truncate_jsonl(self.path, step)
             _truncate_jsonl(self.layers_path, step)
+
+    def amend(self, step: int, values: Mapping[str, Any]) -> None:
+        """Add `values` to the last record of `step` (appended as its own record when there
+        is none): an evaluation cut short by a stop signal, redone on resume, lands in the
+        step's record as if it had never been interrupted."""
+        if not self.enabled:
+            return
+        records = read_jsonl(self.path) if self.path.exists() else []
+        mine = [i for i, r in enumerate(records) if int(r.get("step", -1)) == step]
+        if not mine:
+            self.log({"step": step, **values})
+            return
+        records[mine[-1]].update(_jsonable(dict(values)))
+        handle = self._handles.pop(self.path, None)
+        if handle is not None:
+            handle.close()
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        with naming(self.path, cleanup=tmp):
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+            os.replace(tmp, self.path)
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(tensorboard_tag(key), value, step)
 
     def _append(self, path: Path, record: Mapping[str, Any]) -> None:
         with naming(path):

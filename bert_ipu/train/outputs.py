@@ -27,6 +27,7 @@ from bert_ipu.train import checkpoint as ck
 from bert_ipu.devices import distributed as D
 from bert_ipu.train.build import Components
 from bert_ipu.config import Config, applied_config_dict, save_config
+from bert_ipu.fsutil import EXPORT_MARKERS, UnsafeTargetError, check_replaceable
 from bert_ipu.schema import dump_yaml
 from bert_ipu.train.metrics import Throughput, write_json
 from bert_ipu.train.resume_check import first_line, structural_differences
@@ -37,6 +38,22 @@ from bert_ipu.train.vocab import VOCAB, check_same_vocab, vocab_text, vocab_toke
 log = logging.getLogger(__name__)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+class _Locks:
+    """Two locks released together (output folder and a checkpoint folder outside it)."""
+
+    def __init__(self, *locks: RunLock) -> None:
+        self.locks = locks
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+
+
 @dataclass(frozen=True)
 class RunOutputs:
     """Where a run writes, and the command that resumes it."""
@@ -44,7 +61,7 @@ class RunOutputs:
     output_dir: Path
     checkpoint_dir: Path
     resume_command: str
-    lock: RunLock | None = field(default=None, compare=False)
+    lock: RunLock | _Locks | None = field(default=None, compare=False)
     """Held by rank 0 for the whole run: one run per output folder."""
 
     def release(self) -> None:
@@ -65,7 +82,20 @@ def prepare_outputs(cfg: Config, resume_command: str | None = None) -> RunOutput
     if int(os.environ.get("RANK", 0)) == 0:
         ck.check_writable(out, "output_dir")
         ck.check_writable(ckpt, "checkpoint.checkpoint_output_dir")
+        if cfg.checkpoint.export_dir:
+            try:  # the end-of-run export may only replace an earlier export, never the run
+                check_replaceable(cfg.checkpoint.export_dir, "checkpoint.export_dir", EXPORT_MARKERS,
+                                  (out, ckpt))
+            except UnsafeTargetError as exc:
+                raise ck.CheckpointError(str(exc)) from None
         lock = RunLock(out).acquire("output_dir")
+        if not _inside(ckpt, out):  # a checkpoint folder elsewhere (maybe shared): its own lock
+            try:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                lock = _Locks(lock, RunLock(ckpt).acquire("checkpoint.checkpoint_output_dir"))
+            except BaseException:
+                lock.release()
+                raise
     if resume_command is None:  # the saved config.yaml is self-contained
         resume_command = shlex.join([
             sys.executable or "python", "-m", "bert_ipu.pretrain", "--config", str(out / "config.yaml"),

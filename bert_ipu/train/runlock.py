@@ -22,12 +22,13 @@ class OutputInUseError(RuntimeError):
 class RunLock:
     """Hold the lock of `folder` from `acquire()` until `release()` (or process exit)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / LOCK_NAME
+    def __init__(self, folder: Path, name: str = LOCK_NAME) -> None:
+        self.path = Path(folder) / name
         self._file: IO[str] | None = None
 
-    def acquire(self, what: str = "output_dir") -> "RunLock":
-        """Take the lock now or raise OutputInUseError; no waiting."""
+    def acquire(self, what: str = "output_dir", shown: str | Path | None = None) -> "RunLock":
+        """Take the lock now or raise OutputInUseError naming `what` and `shown` (default:
+        the folder); no waiting."""
         try:
             import fcntl
         except ImportError:  # no flock on this platform: run unguarded
@@ -40,7 +41,7 @@ class RunLock:
             owner = handle.read().strip() or "another process"
             handle.close()
             raise OutputInUseError(
-                f"{what} {str(self.path.parent)!r} is in use by a running run ({owner}); "
+                f"{what} {str(shown or self.path.parent)!r} is in use by a running {'run' if self.path.name == LOCK_NAME else 'command'} ({owner}); "
                 f"wait for it to end or choose another {what}") from None
         except OSError:  # a file system without flock: run unguarded
             handle.close()

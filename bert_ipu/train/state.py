@@ -44,6 +44,8 @@ class TrainState:
     """Sums over the micro-batches of the current step: loss, mlm_loss, nsp_loss."""
     first_eval: dict[str, float] = field(default_factory=dict)
     """The held-out evaluation of the untrained model (step 0; for the summary)."""
+    eval_pending: bool = False
+    """The evaluation due at `step` was cut short by a stop signal: redone on resume."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **asdict(self)}

@@ -6,10 +6,10 @@ same size, is refused with an error naming `data.vocab_file`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bert_ipu.data.tokenizer import TokenizerInfo
+from bert_ipu.fsutil import write_text_atomic
 
 VOCAB = "vocab.txt"
 
@@ -29,9 +29,7 @@ def vocab_text(tok: TokenizerInfo) -> str:
 def write_run_vocab(tok: TokenizerInfo, output_dir: Path) -> Path:
     """Write OUTPUT/vocab.txt atomically (a reader never sees half a file)."""
     path = Path(output_dir) / VOCAB
-    tmp = path.with_name(f".{VOCAB}.{os.getpid()}.tmp")
-    tmp.write_text(vocab_text(tok), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, vocab_text(tok))
     return path
 
 

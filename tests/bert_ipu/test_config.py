@@ -236,7 +236,7 @@ def test_top_level_must_be_a_mapping(tmp_path, text):
 
 
 def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigError, match="does not exist; expected the config file"):
         load_config(tmp_path / "nope.yaml")
 
 
