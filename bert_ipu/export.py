@@ -14,11 +14,13 @@ import argparse
 import sys
 from typing import Sequence
 
+from bert_ipu.cliutil import Parser
+
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bert_ipu.export",
+    parser = Parser(prog="python -m bert_ipu.export",
                                      description=__doc__.split("\n\n", 1)[1])
     parser.add_argument("checkpoint", help="checkpoint folder or run folder")
     parser.add_argument("out_dir", help="folder to write (must not exist or be empty)")

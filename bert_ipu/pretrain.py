@@ -19,11 +19,13 @@ import shlex
 import sys
 from typing import Any, Mapping, Sequence
 
+from bert_ipu.cliutil import Parser
+
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m bert_ipu.pretrain",
         description="BERT phase-I pre-training (MLM + NSP), dense, static-sparse or DynSp.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -53,14 +53,13 @@ def read_vocab(path: str | Path) -> list[str]:
     Raises DataError naming the file when it is missing, not UTF-8, has an empty or
     duplicated token, or lacks any of [PAD] [UNK] [CLS] [SEP] [MASK].
     """
+    from bert_ipu.userfiles import UserFileError, read_text
+
     path = Path(path).expanduser()
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"data.vocab_file: {path}: file does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"data.vocab_file: {path}: expected a UTF-8 vocab.txt, "
-                        f"could not read it: {err}") from None
+        text = read_text(path, "vocabulary (vocab.txt, UTF-8)")
+    except UserFileError as err:
+        raise DataError(f"data.vocab_file: {err}") from None
     tokens = text.split("\n")
     if tokens and tokens[-1] == "":
         tokens.pop()  # the final newline

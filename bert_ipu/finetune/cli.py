@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from bert_ipu.cliutil import Parser
 from bert_ipu.finetune.data import TaskError, load_task
 from bert_ipu.finetune.trainer import FinetuneSettings, finetune
 
@@ -24,7 +25,7 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bert_ipu.finetune",
+    p = Parser(prog="python -m bert_ipu.finetune",
                                 description=__doc__.split("\n\n")[1])
     p.add_argument("--model", required=True, help="exported model folder (bert_ipu.export)")
     p.add_argument("--task", required=True, help="task folder or hf:NAME[:CONFIG]")
@@ -73,6 +74,9 @@ def _check_output(output: str | None) -> Path | None:
     path = Path(output).expanduser()
     if path.is_dir():
         raise TaskError(f"--output {output}: is a folder; expected a results file path")
+    if path.exists() and not _is_results(path):  # replace only an earlier results file
+        raise TaskError(f"--output {output}: exists and is not a results file of this command; "
+                        "it is never replaced; choose a new file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
@@ -81,6 +85,15 @@ def _check_output(output: str | None) -> Path | None:
     except OSError as exc:
         raise TaskError(f"--output {output}: cannot write there: {exc.strerror or exc}") from None
     return path
+
+
+def _is_results(path: Path) -> bool:
+    """Whether `path` holds the results JSON this command writes."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"model", "task", "final", "settings"} <= set(data)
 
 
 def _write_results(path: Path, text: str) -> None:

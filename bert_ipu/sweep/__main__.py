@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from bert_ipu.cliutil import Parser
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bert_ipu.sweep",
+    p = Parser(prog="python -m bert_ipu.sweep",
                                 description="Run every point of a sweep file (resumably).",
                                 epilog="collect: python -m bert_ipu.sweep collect DIR --help")
     p.add_argument("sweep", help="sweep YAML file (configs/sweeps/, docs/results/README.md)")
@@ -35,7 +37,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _collect_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bert_ipu.sweep collect",
+    p = Parser(prog="python -m bert_ipu.sweep collect",
                                 description="Collect run folders into CSV, Markdown and PNG.")
     p.add_argument("dir", help="folder holding the run folders (searched recursively)")
     p.add_argument("--out", default=None, help="where to write (default DIR/results)")

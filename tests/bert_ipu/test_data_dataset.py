@@ -197,7 +197,7 @@ def test_vocab_without_special_tokens_is_named(tmp_path, vocab):
     with pytest.raises(DataError, match=r"bad_vocab\.txt: missing special token\(s\) "
                                         r"\[CLS\] \[MASK\]"):
         build_datasets(files_spec(tmp_path, str(bad)), log=quiet)
-    with pytest.raises(DataError, match=r"vocab_file: .*nope\.txt: file does not exist"):
+    with pytest.raises(DataError, match=r"vocab_file: .*nope\.txt: does not exist"):
         build_datasets(files_spec(tmp_path, str(tmp_path / "nope.txt")), log=quiet)
 
 
