@@ -360,3 +360,15 @@ def test_an_evaluation_cut_short_by_a_stop_is_redone_on_resume(tiny_data, tmp_pa
     got, want = strip_timing(load_metrics(out)), strip_timing(load_metrics(ref))
     assert [r for r in got if "eval_mlm_loss" in r] == [r for r in want if "eval_mlm_loss" in r]
     assert got == want
+
+
+def test_init_from_a_damaged_export_is_one_line(run_folder, tiny_data, tmp_path, capsys):
+    corpus, cache = tiny_data
+    out = tmp_path / "hf"
+    assert export_cli.main([str(run_folder), str(out)]) == 0
+    (out / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    code = pretrain_main(tiny_overrides(corpus, tmp_path / "run", cache, **SHORT,
+                                        **{"checkpoint.init_from": str(out)}))
+    assert code == 2
+    line = error_line(capsys)
+    assert "checkpoint.init_from" in line and "model.safetensors" in line
