@@ -97,10 +97,51 @@ def profiles(report: dict[str, Any]) -> str:
 
 
 def before_after_table(report: dict[str, Any]) -> str:
-    head = ["run", "precision", "seq/s before", "seq/s after", "after / before"]
-    cells = [[r["run"], r["precision"], f"{r['before']:.1f}", f"{r['after']:.1f}", f"{r['after'] / r['before']:.2f}"]
+    head = ["run", "precision", "seq/s before", "seq/s after", "after / before", "every run (before; after)"]
+    cells = [[r["run"], r["precision"], f"{r['before']:.1f}", f"{r['after']:.1f}", f"{r['after'] / r['before']:.2f}",
+              "; ".join(", ".join(f"{v:.1f}" for v in r.get(k, [])) or "-" for k in ("before_runs", "after_runs"))]
              for r in report.get("rows", [])]
     return _markdown(head, cells)
+
+
+def auto_vs_cpp(report: dict[str, Any]) -> str:
+    """How `auto` compared with `cpp` in the same rows (median times), when it chose cpp."""
+    ratios = []
+    for row in report.get("step_rows", []):
+        ms, choices = row["ms"], row.get("auto_choices", {})
+        if "auto" in ms and "cpp" in ms and choices and set(choices.values()) == {"cpp"}:
+            ratios.append(ms["auto"]["median_ms"] / ms["cpp"]["median_ms"])
+    if not ratios:
+        return ""
+    ratios.sort()
+    mid = ratios[len(ratios) // 2]
+    return (f"Where `auto` chose `cpp` for all three products ({len(ratios)} rows), its median time was "
+            f"{mid:.2f}x `cpp`'s (from {ratios[0]:.2f} to {ratios[-1]:.2f}): the same kernels, so the "
+            "spread is this benchmark's resolution.")
+
+
+# Operators of the dense word embedding's gradient and of the optimizer update
+EMBEDDING_OPS = ("aten::embedding_dense_backward", "aten::embedding_backward", "aten::index_add_")
+OPTIMIZER_OPS = ("aten::_fused_adamw_",)
+
+
+def next_bottlenecks(report: dict[str, Any]) -> str:
+    """The word embedding's gradient and the AdamW update in the sparse steps' profiles
+    (a sparse-row embedding update pays only when they are a large share of the step)."""
+    lines = []
+    for name, ops in report.get("profiles", {}).items():
+        if name.endswith(" dense"):
+            continue
+        shares = {p["op"]: p["share"] for p in ops}
+        smallest = min(shares.values()) if shares else 0.0
+        parts = []
+        for label, names in (("the AdamW update of every parameter (the word embedding's included)", OPTIMIZER_OPS),
+                             ("the word embedding's gradient", EMBEDDING_OPS)):
+            found = sum(shares.get(n, 0.0) for n in names)
+            parts.append(f"{label} {found:.1%}" if found else f"{label} below {smallest:.1%} (not among the top operators)")
+        lines.append(f"* {name}: " + "; ".join(parts))
+    return ("Where the sparse kernels leave the rest of the step, in these profiles:\n\n" + "\n".join(lines)
+            if lines else "")
 
 
 def summary(step: dict[str, Any], train: list[dict[str, Any]]) -> str:
@@ -146,23 +187,33 @@ def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path
             "JSON; variants interleaved, min and median over the rounds. `nn.Linear` is the dense "
             "baseline; `dense` is SparseLinear's dense-scratch backend. `% of peak` is against one "
             "core's fp32 FMA peak times the threads (fp32 rows only). The order of the variants "
-            "rotates every round. `auto` ran the same kernels as `cpp` wherever the table below "
-            "says `cpp`, yet its column was a few percent slower in these runs: its per-call "
-            "dispatch costs microseconds against tens of milliseconds here, so the gap is not "
-            "explained; read it as this benchmark's resolution.", "", step_table(step), "",
+            "rotates every round. The upstream gradient is made once, in the output's dtype (in a "
+            "network it arrives from the next op), and the input gradient is fresh every step.",
+            "",
+            "dtype `bf16`: bf16 autocast with an fp32 input, as after a LayerNorm (autocast keeps "
+            "LayerNorm in fp32): the step includes autocast's cast of the input to bf16 and of its "
+            "gradient back to fp32, for every variant alike. `bf16act`: bf16 activations in and "
+            "out, as after GELU or attention under autocast (in BERT: the FFN's second layer and "
+            "the attention output), where those casts belong to other layers. The `cpp` bf16 rows "
+            "run on the AMX tile unit (where the CPU has AMX-BF16; sparse_ops/kernels/README.md).",
+            "", step_table(step), "", auto_vs_cpp(step), "",
             "What `auto` chose, per product (timed once per problem on this machine, "
             "sparse_ops/kernels/autotune.py):", "", choices_table(step)]
     for report in trains:
         text += [f"## Whole training steps (`bench_train`, {report.get('threads', '?')} thread(s))", "",
-                 _machine(report.get("machine", {})) + ".", "", train_table(report), "", profiles(report)]
+                 _machine(report.get("machine", {})) + ".", "", train_table(report), "", profiles(report),
+                 next_bottlenecks(report), ""]
     if ba:
-        text += ["## Training runs before and after the C++ kernels", "",
+        text += ["## Training runs: this code against an earlier commit", "",
                  f"{ba.get('description', '')}", "", before_after_table(ba), ""]
     text += ["## Reproduce", "", "```bash",
              "python -m dynsp_tools.bench_ops --suite step --json runs/bench/step.json",
              "python -m dynsp_tools.bench_train --sizes base --micro-batch-size 8 --variants dense,static_b16,dynsp_b16 "
-             "--precision fp32 --threads 1 --profile 12 --json runs/bench/train_t1.json",
-             "python -m dynsp_tools.kernel_report --step runs/bench/step.json --train runs/bench/train_t1.json",
+             "--precision fp32 --threads 1 --steps 5 --warmup 2 --profile 12 --json runs/bench/train_t1.json",
+             "python -m dynsp_tools.bench_train ... --threads 2 ... --json runs/bench/train_t2.json",
+             "python -m dynsp_tools.before_after --before b52824f --repeats 2 --json runs/bench/before_after.json",
+             "python -m dynsp_tools.kernel_report --step runs/bench/step.json --train runs/bench/train_t1.json "
+             "runs/bench/train_t2.json --before-after runs/bench/before_after.json",
              "```", ""]
     page = out / "kernels.md"
     page.write_text("\n".join(text), encoding="utf-8")

@@ -141,6 +141,29 @@ def test_kernel_report_is_built_from_the_benchmark_json(tmp_path: Path) -> None:
     assert kernel_report.main(["--step", str(tmp_path / "absent.json")]) == 2
 
 
+def test_kernel_report_generates_its_comparisons_from_the_json(tmp_path: Path) -> None:
+    from dynsp_tools import kernel_report
+
+    rows = []
+    for auto_ms, cpp_ms in ((21.0, 20.0), (30.0, 30.0), (40.0, 44.0)):
+        rows.append({"case": {"name": "4HxH"}, "auto_choices": {"a": "cpp", "b": "cpp"},
+                     "ms": {"auto": {"median_ms": auto_ms}, "cpp": {"median_ms": cpp_ms}}})
+    rows.append({"case": {}, "auto_choices": {"a": "dense"},
+                 "ms": {"auto": {"median_ms": 9.0}, "cpp": {"median_ms": 1.0}}})   # not the same kernels
+    text = kernel_report.auto_vs_cpp({"step_rows": rows})
+    assert "(3 rows)" in text and "1.00x" in text and "from 0.91 to 1.05" in text
+    train = {"profiles": {"base dense": [{"op": "aten::mm", "share": 0.5}],
+                          "base dynsp_b16": [{"op": "cpp_bsr::forward", "share": 0.2},
+                                             {"op": "aten::_fused_adamw_", "share": 0.031}]}}
+    text = kernel_report.next_bottlenecks(train)
+    assert "base dynsp_b16" in text and "base dense" not in text
+    assert "AdamW update of every parameter (the word embedding's included) 3.1%" in text
+    assert "word embedding's gradient below 3.1% (not among the top operators)" in text
+    ba = {"rows": [{"run": "r", "precision": "fp32", "before": 10.0, "after": 20.0,
+                    "before_runs": [9.0, 11.0], "after_runs": [19.0, 21.0]}]}
+    assert "| r | fp32 | 10.0 | 20.0 | 2.00 | 9.0, 11.0; 19.0, 21.0 |" in kernel_report.before_after_table(ba)
+
+
 def test_contrasts_of_several_groups_and_the_dense_line_condition() -> None:
     c = claims.Contrast([(1.0, [1.0, 1.2]), (-1.0, [0.5, 0.7]), (-1.0, [0.9, 1.1]), (1.0, [0.3, 0.5])])
     low, high, df = c.interval()
