@@ -23,17 +23,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-from bert_ipu.model.sizes import MODEL_SIZES, ModelSize
+from bert_ipu.config import ModelConfig
+from bert_ipu.model import encoder_linear_shapes
+from bert_ipu.model.sizes import MODEL_SIZES
 from sparse_ops.dynsp.distribution import DISTRIBUTIONS
 from sparse_ops.dynsp.methods import regrowth_names
 from sparse_ops.flops import training_flops_per_sequence
 from sparse_ops.format import VALID_BLOCK_SIZES
 
 
-def encoder_shapes(size: ModelSize) -> list[tuple[int, int]]:
-    """(O, I) of the six sparse-able weights of every encoder layer: Q, K, V, attn-out, FFN up, down."""
-    h, f = size.hidden_size, size.intermediate_size
-    return [(h, h), (h, h), (h, h), (h, h), (f, h), (h, f)] * size.num_hidden_layers
+def encoder_shapes(model: ModelConfig) -> list[tuple[int, int]]:
+    """(O, I) of the sparse-able weights of every encoder layer, from the model's own shape
+    rule (bert_ipu.model.encoder_linear_shapes: Q, K, V, attn-out, FFN up, down)."""
+    return list(encoder_linear_shapes(model).values())
 
 
 def _fraction(text: str) -> float:
@@ -85,9 +87,8 @@ def from_config(args: argparse.Namespace) -> argparse.Namespace:
     m, s, t = cfg.model, cfg.sparsity, cfg.training
     sparse = s.method != "dense"
     steps = t.training_steps if t.training_steps is not None else args.training_steps
-    size = ModelSize(m.num_hidden_layers, m.hidden_size, m.num_attention_heads)
     return argparse.Namespace(
-        json=args.json, model=cfg.name, size=size, sparsity=s.sparsity if sparse else 0.0,
+        json=args.json, model=cfg.name, model_cfg=m, sparsity=s.sparsity if sparse else 0.0,
         block_size=s.block_size if sparse else 1, seq_len=cfg.data.sequence_length,
         distribution=s.distribution, n_updates=s.controller_settings().n_updates if sparse else 0,
         regrow=s.regrow, training_steps=steps,
@@ -97,10 +98,10 @@ def from_config(args: argparse.Namespace) -> argparse.Namespace:
 
 def compute(args: argparse.Namespace) -> dict:
     """The report as a dict (flops_per_sequence, breakdown, inputs, optional run totals)."""
-    size = getattr(args, "size", None) or MODEL_SIZES[args.model]
+    m = getattr(args, "model_cfg", None) or ModelConfig(size=args.model)
     b = training_flops_per_sequence(
-        encoder_shapes(size), seq_len=args.seq_len, hidden=size.hidden_size,
-        n_layers=size.num_hidden_layers, sparsity=args.sparsity, block_size=args.block_size,
+        encoder_shapes(m), seq_len=args.seq_len, hidden=m.hidden_size,
+        n_layers=m.num_hidden_layers, sparsity=args.sparsity, block_size=args.block_size,
         distribution=args.distribution, n_updates=args.n_updates, regrow=args.regrow,
         training_steps=args.training_steps)
     out = {"model": args.model, "sparsity": args.sparsity, "block_size": args.block_size,

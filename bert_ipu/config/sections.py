@@ -83,10 +83,16 @@ class ModelConfig:
                 _need(self.size is not None, f"model.{name}", "an integer when model.size "
                       "is null", None)
                 object.__setattr__(self, name, getattr(MODEL_SIZES[self.size], name))
+        # heads and FFN width left null: the preset's own when its hidden size is kept, else
+        # the family's rule for the given H (H / 64 heads, FFN 4H)
+        preset = MODEL_SIZES[self.size] if self.size is not None else None
+        own = preset is not None and preset.hidden_size == self.hidden_size
         if self.num_attention_heads is None:
-            object.__setattr__(self, "num_attention_heads", default_heads(self.hidden_size))
+            object.__setattr__(self, "num_attention_heads", preset.num_attention_heads if own
+                               else default_heads(self.hidden_size))
         if self.intermediate_size is None:
-            object.__setattr__(self, "intermediate_size", default_intermediate(self.hidden_size))
+            object.__setattr__(self, "intermediate_size", preset.intermediate_size if own
+                               else default_intermediate(self.hidden_size))
         _check_ranges(self, {
             "hidden_size": (_pos, "an integer > 0"),
             "num_hidden_layers": (_pos, "an integer > 0"),

@@ -9,14 +9,16 @@ run that failed before writing its config has only the runner's record).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
+from bert_ipu.config import ConfigError, ModelConfig
 from bert_ipu.config.sections import default_heads, default_intermediate
-from bert_ipu.model.sizes import MODEL_SIZES
+from bert_ipu.model import encoder_linear_shapes
 from bert_ipu.schema import parse_yaml_value
 from bert_ipu.sweep.runner import RUN_RECORD
 
@@ -72,14 +74,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def nonembedding_params(config: dict[str, Any]) -> float:
-    """Active weights of the encoder's fully connected layers: L (4 H^2 + 2 H I) (1 - s)."""
-    model = config.get("model", {})
-    size = MODEL_SIZES.get(model.get("size") or "", None)
-    h = model.get("hidden_size") or (size.hidden_size if size else 0)
-    layers = model.get("num_hidden_layers") or (size.num_hidden_layers if size else 0)
-    inter = model.get("intermediate_size") or default_intermediate(h)
+    """Active weights of the encoder's fully connected layers (the model's own shape rule,
+    bert_ipu.model.encoder_linear_shapes) times the density; 0 for an unreadable model."""
+    raw = config.get("model") or {}
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    try:
+        model = ModelConfig(**{k: v for k, v in raw.items() if k in known})
+    except (ConfigError, TypeError, ValueError):
+        return 0.0
     density = 1.0 - float(config.get("sparsity", {}).get("sparsity") or 0.0)
-    return float(layers * (4 * h * h + 2 * h * inter) * density)
+    return float(sum(o * i for o, i in encoder_linear_shapes(model).values()) * density)
 
 
 def run_status(summary: dict[str, Any], record: dict[str, Any], config: dict[str, Any]) -> str:

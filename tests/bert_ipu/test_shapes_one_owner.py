@@ -1,0 +1,60 @@
+"""Issue 21 (silent defects): the model's shape arithmetic has one owner
+(bert_ipu.model.encoder_linear_shapes), read by the model, the FLOPs tool and the collector;
+a size preset's every field is used."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bert_ipu.config import ModelConfig, load_config
+from bert_ipu.model import build_model, encoder_linear_shapes
+from bert_ipu.model import sizes
+from bert_ipu.sweep.collect import nonembedding_params
+from dynsp_tools import flops
+
+
+def _model_shapes(cfg) -> dict[str, tuple[int, int]]:
+    model = build_model(cfg.model, cfg.sparsity, seed=0)
+    return {name: tuple(m.weight.shape) if hasattr(m, "weight") else tuple(m.shape)
+            for name, m in model.named_modules() if name in encoder_linear_shapes(cfg.model)}
+
+
+def test_flops_tool_uses_the_configured_ffn_width() -> None:
+    overrides = ["model.size=tiny", "model.intermediate_size=1024", "sparsity.method=dense",
+                 "sparsity.sparsity=0", "training.training_steps=10"]
+    args = flops.from_config(argparse.Namespace(config=None, overrides=overrides, json=True,
+                                                training_steps=None))
+    shapes = flops.encoder_shapes(args.model_cfg)
+    assert (1024, 128) in shapes and (128, 1024) in shapes and (512, 128) not in shapes
+    cfg = load_config(None, overrides)
+    assert sorted(shapes) == sorted(_model_shapes(cfg).values())
+    wide = flops.compute(args)["sparse_linears"]
+    args.model_cfg = ModelConfig(size="tiny")
+    assert wide > flops.compute(args)["sparse_linears"]          # FFN 1024 costs more than 512
+
+
+def test_collector_counts_the_configured_ffn_width() -> None:
+    narrow = {"model": {"size": "tiny"}, "sparsity": {"sparsity": 0.5}}
+    wide = {"model": {"size": "tiny", "intermediate_size": 1024}, "sparsity": {"sparsity": 0.5}}
+    h, layers = 128, 2
+    assert nonembedding_params(narrow) == layers * (4 * h * h + 2 * h * 512) * 0.5
+    assert nonembedding_params(wide) == layers * (4 * h * h + 2 * h * 1024) * 0.5
+    assert nonembedding_params({"model": {"size": "nonsense"}}) == 0.0
+
+
+def test_a_preset_with_its_own_heads_and_ffn_is_built_as_declared(monkeypatch) -> None:
+    monkeypatch.setitem(sizes.MODEL_SIZES, "odd", sizes.ModelSize(2, 128, 8, 320))
+    m = ModelConfig(size="odd")
+    assert (m.num_attention_heads, m.intermediate_size) == (8, 320)
+    # a different hidden size keeps the family's rule (H / 64 heads, FFN 4H)
+    m = ModelConfig(size="odd", hidden_size=256)
+    assert (m.num_attention_heads, m.intermediate_size) == (4, 1024)
+
+
+@pytest.mark.parametrize("name", sorted(sizes.MODEL_SIZES))
+def test_presets_carry_every_shape_field(name: str) -> None:
+    preset = sizes.MODEL_SIZES[name]
+    m = ModelConfig(size=name)
+    assert (m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.intermediate_size) == (
+        preset.num_hidden_layers, preset.hidden_size, preset.num_attention_heads, preset.intermediate_size)
