@@ -34,13 +34,13 @@ finetune: $(STAMP)
 	$(PY) -m bert_ipu.finetune.demo --run runs/demo --out runs/demo/finetune $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not kernels" $(ARGS)
+	$(PY) -m pytest -q -rs -m "not slow and not kernels" $(ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m "slow" $(ARGS)
+	$(PY) -m pytest -q -rs -m "slow" $(ARGS)
 
 test-kernels: $(KSTAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "kernels" $(ARGS)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -rs -m "kernels" $(ARGS)
 
 test-all: test test-slow test-kernels
 

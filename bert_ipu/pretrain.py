@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode.add_argument("--prepare-only", action="store_true",
                       help="prepare the data cache only (e.g. once on a disk that cluster "
                            "nodes share) and exit")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
 
 
 def run_mode(args: argparse.Namespace, cfg: Any) -> None:

@@ -51,5 +51,13 @@ def config_sources(cfg: Config, path: str | Path | None, overrides: list[str]) -
             source = "default"
         else:
             source = "resolved"
-        lines.append(f"{key}: {json.dumps(value)}  # {source}")
+        note = UNUSED.get(key, lambda c: None)(cfg)
+        lines.append(f"{key}: {json.dumps(value)}  # {source}" + (f"; {note}" if note else ""))
     return "\n".join(lines)
+
+
+# Settings another setting overrides: key -> the note when it is unused in `cfg`
+UNUSED = {
+    "training.epochs": lambda c: ("not used: training.training_steps is set (it wins over epochs)"
+                                  if c.training.training_steps is not None else None),
+}

@@ -30,6 +30,21 @@ PLACEMENTS = ("host", "device")
 """Where the controller decides: on the host CPU (the original IPU design) or on the device."""
 
 
+def max_updates(total_steps: int, end_fraction: float = 1.0) -> int:
+    """The most pattern updates that fit in a run of `total_steps` (one step apart)."""
+    from sparse_ops.dynsp.schedules import update_steps
+
+    lo, hi = 0, max(0, int(total_steps))          # n = 0 always fits; n > T never does
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            update_steps(total_steps, mid, end_fraction)
+            lo = mid
+        except ValueError:
+            hi = mid - 1
+    return lo
+
+
 class SettingsError(ValueError):
     """A bad DynSp setting: `path` (SECTION.field), what was `expected`, the `value`."""
 
@@ -118,7 +133,10 @@ class DynSpSettings:
         try:
             return UpdateSchedule(total_steps, self.n_updates, self.prune_ratio,
                                   self.prune_schedule, self.end_fraction)
-        except ValueError as exc:
-            raise SettingsError(self.path("n_updates"), f"at most one update per step of the "
-                                f"run ({exc}; training steps: {total_steps})",
+        except ValueError:
+            most = max_updates(total_steps, self.end_fraction)
+            raise SettingsError(self.path("n_updates"), f"at most {most} pattern updates in a run of "
+                                f"{total_steps} training steps (one step apart, before "
+                                f"end_fraction={self.end_fraction:g} of the run): lower "
+                                f"{self.path('n_updates')} or raise the run's training steps",
                                 self.n_updates) from None

@@ -181,3 +181,23 @@ def test_divergence_exits_3_with_one_line_and_finite_checkpoints(tiny_data, tmp_
     for _, path in ck.list_checkpoints(out / "checkpoints"):
         model = ck.load_checkpoint(path)["model.pt"]
         assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+
+
+def test_flags_and_overrides_in_any_order(capsys):
+    """Issue 22: an override after a flag was 'unrecognized arguments'."""
+    assert main(["training.seed=3", "--print-config", "model.size=tiny", "--config",
+                 str(ROOT / "configs" / "demo.yaml"), "training.training_steps=5"]) == 0
+    out = capsys.readouterr().out
+    assert 'training.seed: 3  # command line' in out and 'model.size: "tiny"  # command line' in out
+    # the rule between epochs and training_steps is printed
+    assert "training.epochs: 1.0  # default; not used: training.training_steps is set" in out
+
+
+def test_too_many_updates_for_a_short_run_names_the_keys_and_the_limit(capsys):
+    """Issue 22: 10 steps vs 40 updates was refused with a tangled message."""
+    assert main(["--config", str(ROOT / "configs" / "demo.yaml"), "--dry-run",
+                 "training.training_steps=10"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: sparsity.n_updates: expected at most 10 pattern updates in a run of "
+                           "10 training steps")
+    assert "lower sparsity.n_updates or raise the run's training steps, got 40" in line
