@@ -100,11 +100,11 @@ def resume_command(config: str | None, overrides: list[str],
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from bert_ipu.train.checkpoint import CheckpointError, NonFiniteWeightsError
+    from bert_ipu.store.checkpoint import CheckpointError, NonFiniteWeightsError
     from bert_ipu.config import ConfigError
     from bert_ipu.data import DataError
     from bert_ipu.devices import DeviceError
-    from bert_ipu.train.runlock import OutputInUseError
+    from bert_ipu.store.runlock import OutputInUseError
 
     # OSError: the file system refused something (full disk, permissions) outside a
     # checkpoint write; the message names the path.

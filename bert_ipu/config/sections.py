@@ -18,8 +18,7 @@ from bert_ipu.schema import (
 from bert_ipu.devices import device_kinds
 from bert_ipu.devices.pipeline import PIPELINE_SCHEDULES
 from bert_ipu.model.sizes import MODEL_SIZES
-from bert_ipu.train.optim import SCHEDULES as LR_SCHEDULES
-from bert_ipu.train.precision import PRECISIONS
+from bert_ipu.devices.base import PRECISIONS
 from sparse_ops.dynsp.distribution import DISTRIBUTIONS
 from sparse_ops.dynsp.settings import DynSpSettings, SettingsError
 from sparse_ops.format import VALID_BLOCK_SIZES
@@ -28,6 +27,10 @@ from sparse_ops.linear import INACTIVE_MODES
 
 __all__ = ["ModelConfig", "SparsityConfig", "TrainingConfig",
            "CheckpointConfig", "LoggingConfig"]
+
+
+LR_SCHEDULES = ("linear", "constant", "cosine")
+"""training.lr_schedule (bert_ipu/train/optim.py: lr_at implements each)."""
 
 
 def _seed(v: int) -> bool:

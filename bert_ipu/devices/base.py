@@ -8,23 +8,19 @@ A device kind is one `Device` subclass registered with `@register_device`:
     default_precision()  what `training.precision: auto` means here
     synchronize()        wait for queued work (honest timings)
     rng_state()          device-side RNG state (checkpoints), set_rng_state()
-    step_runner(...)     what runs one optimizer step: `bert_ipu.train.step.TorchStepRunner`
-                         for torch devices (`train.pipeline_step.PipelineStepRunner` when
-                         pipelined); the IPU brings its own (PopTorch)
-
-Adding a device = one file with its subclass + one import line in `devices/__init__.py`.
+Hardware facts only: what runs an optimizer step on a device is chosen in the trainer
+(`bert_ipu.train.runners.step_runner`). Adding a device = one file with its subclass + one
+import line in `devices/__init__.py` (and a runner in train/runners.py only when the torch
+step runner cannot drive it, as for the IPU).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from bert_ipu.train.precision import PRECISIONS
-
-if TYPE_CHECKING:  # the runners live with the training loop; imported when one is built
-    from bert_ipu.config import Config
-    from bert_ipu.devices.distributed import DistInfo
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+"""training.precision: a matmul dtype, or `auto` (each device resolves it: resolve_precision)."""
 
 AUTO = "auto"
 
@@ -82,19 +78,6 @@ class Device:
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         """Inverse of rng_state()."""
-
-    def step_runner(self, core: torch.nn.Module, groups: list[dict[str, Any]], cfg: "Config",
-                    dist: "DistInfo", log: Callable[[str], None]) -> Any:
-        """What runs one optimizer step (see bert_ipu/train/step.py for the protocol):
-        a pipeline stage when training.layers_per_stage has several stages."""
-        from bert_ipu.train.step import TorchStepRunner
-
-        layers = cfg.training.pipeline_layers
-        if layers is not None and len(layers) > 1:
-            from bert_ipu.train.pipeline_step import PipelineStepRunner
-
-            return PipelineStepRunner(self, core, groups, cfg, dist, log)
-        return TorchStepRunner(self, core, groups, cfg, dist, log)
 
 
 DEVICES: dict[str, type[Device]] = {}

@@ -1,14 +1,12 @@
 """The Graphcore IPU device (PopTorch); this file never imports PopTorch itself.
 
 Host-side tensors stay on the CPU (PopTorch moves the model); precision is always fp16
-(with loss scaling); the step runner is `bert_ipu.devices.ipu.IpuRunner`, imported only
+(with loss scaling); the step runner is `bert_ipu.train.ipu_step.IpuRunner`, imported only
 when an IPU run is built.
 """
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Callable
-
 import torch
 
 from bert_ipu.devices.base import Device, register_device
@@ -41,9 +39,3 @@ class IpuDevice(Device):
 
     def resolve_precision(self, precision: str) -> str:
         return "fp16"  # the IPU path always trains in fp16 with loss scaling
-
-    def step_runner(self, core: torch.nn.Module, groups: list[dict[str, Any]], cfg: Any,
-                    dist: Any, log: Callable[[str], None]) -> Any:
-        from bert_ipu.devices.ipu import IpuRunner
-
-        return IpuRunner(core, groups, cfg)

@@ -29,7 +29,7 @@ from bert_ipu.data.config import SPECIAL_TOKENS
 from bert_ipu.hub import card, sparse
 from bert_ipu.hub.source import RUN_CONFIG, VOCAB, HubError, Pretrained
 from bert_ipu.model.hf import to_transformers
-from bert_ipu.train.runlock import OutputInUseError, RunLock
+from bert_ipu.store.runlock import OutputInUseError, RunLock
 
 ARCHITECTURES = ["BertForPreTraining"]
 MARKER = EXPORT_MARKERS[0]         # written into every export: what --overwrite may replace
@@ -144,7 +144,7 @@ def export_run_end(checkpoint: Path, out: str | Path, log: Callable[[str], None]
     """`checkpoint.export_dir`: export the run's final checkpoint (dense form, plus the
     compressed form for a sparse run), replacing an earlier export of the same run."""
     from bert_ipu.hub.source import load_pretrained
-    from bert_ipu.train.checkpoint import CheckpointError
+    from bert_ipu.store.checkpoint import CheckpointError
 
     try:
         src = load_pretrained(checkpoint)

@@ -16,7 +16,7 @@ from bert_ipu.config import Config, ConfigError
 from bert_ipu.data.tokenizer import TokenizerInfo
 from bert_ipu.hub.source import HubError, load_pretrained
 from bert_ipu.model.hf import dense_state_dict
-from bert_ipu.train.vocab import check_same_vocab
+from bert_ipu.store.vocab import check_same_vocab
 
 FIELD = "checkpoint.init_from"
 # Tensor-name fragment -> the config field that sets its shape (first match wins).

@@ -15,8 +15,8 @@ import yaml
 
 from bert_ipu.config import Config, ConfigError, config_from_dict, config_to_dict
 from bert_ipu.model import BertForPreTraining, build_model
-from bert_ipu.train import checkpoint as ck
-from bert_ipu.train.vocab import VOCAB, vocab_tokens
+from bert_ipu.store import checkpoint as ck
+from bert_ipu.store.vocab import VOCAB, vocab_tokens
 from bert_ipu.userfiles import UserFileError, read_safetensors, read_text
 
 RUN_CONFIG = "dynsp_config.yaml"   # the run config inside an exported folder

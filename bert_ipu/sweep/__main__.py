@@ -67,7 +67,7 @@ def _main_run(argv: list[str]) -> int:
     from bert_ipu.sweep.results import write_results
     from bert_ipu.sweep.runner import command, plan_lines, run_state, run_sweep
     from bert_ipu.sweep.spec import expand_sweep, load_sweep
-    from bert_ipu.train.runlock import OutputInUseError, RunLock
+    from bert_ipu.store.runlock import OutputInUseError, RunLock
 
     SWEEP_LOCK = ".sweep.lock"  # fsutil.RUN_MARKERS lists it: a sweep folder is never replaced
 

@@ -79,7 +79,7 @@ def ever_active(run_dir: Path, layer: str | None = None) -> tuple[str, Any] | No
     """(layer name, bool [block rows, block cols]) of the newest checkpoint's controller
     state; the first FFN-up layer when `layer` is None; None without a DynSp checkpoint."""
     from sparse_ops.dynsp.metrics import unpack_bits
-    from bert_ipu.train.checkpoint import find_latest, load_checkpoint
+    from bert_ipu.store.checkpoint import find_latest, load_checkpoint
 
     path = find_latest(run_dir / "checkpoints")
     files = load_checkpoint(path) if path is not None else {}

@@ -26,6 +26,7 @@ from bert_ipu.devices import distributed as D
 from bert_ipu.model import build_model, encoder_linear_shapes, sparse_modules
 from bert_ipu.train.optim import LRSchedule, parameter_groups, trainable_params, warmup_steps_from
 from bert_ipu.train.precision import LossScaler, build_loss_scaler
+from bert_ipu.train.runners import step_runner
 from sparse_ops.flops import FlopsBreakdown, training_flops
 
 Log = Callable[[str], None]
@@ -241,7 +242,7 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
         from bert_ipu.hub.init import init_from_pretrained
         init_from_pretrained(core, cfg, tok, log)
     core = core.to(device.torch_device)
-    runner = device.step_runner(core, parameter_groups(core, t.weight_decay), cfg, info, log)
+    runner = step_runner(device, core, parameter_groups(core, t.weight_decay), cfg, info, log)
     return Components(
         cfg=cfg, device=device, dist=info, precision=runner.precision, model=runner.model,
         core=core, optimizer=runner.optimizer, params=trainable_params(runner.optimizer),

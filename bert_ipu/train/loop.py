@@ -26,7 +26,7 @@ import torch
 
 from bert_ipu.config import Config
 from bert_ipu.devices import distributed as D
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.train import outputs as run_io
 from bert_ipu.train.build import Components, build_components
 from bert_ipu.train.evaluate import EVAL_KEYS, eval_batches, evaluate

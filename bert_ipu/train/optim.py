@@ -21,7 +21,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-SCHEDULES = ("linear", "constant", "cosine")
+from bert_ipu.config.sections import LR_SCHEDULES
+
+SCHEDULES = LR_SCHEDULES  # the config's names (bert_ipu/config/sections.py)
 BETAS = (0.9, 0.999)
 EPS = 1e-6
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.devices import distributed as D
 from bert_ipu.train.build import Components
 from bert_ipu.config import Config, applied_config_dict, save_config
@@ -31,9 +31,9 @@ from bert_ipu.fsutil import EXPORT_MARKERS, UnsafeTargetError, check_replaceable
 from bert_ipu.schema import dump_yaml
 from bert_ipu.train.metrics import Throughput, write_json
 from bert_ipu.train.resume_check import first_line, structural_differences
-from bert_ipu.train.runlock import RunLock
+from bert_ipu.store.runlock import RunLock
 from bert_ipu.train.state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
-from bert_ipu.train.vocab import VOCAB, check_same_vocab, vocab_text, vocab_tokens, write_run_vocab
+from bert_ipu.store.vocab import VOCAB, check_same_vocab, vocab_text, vocab_tokens, write_run_vocab
 
 log = logging.getLogger(__name__)
 

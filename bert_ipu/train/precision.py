@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
 SCALER_MODES = ("none", "static", "dynamic")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -22,7 +22,7 @@ A step runner is what a device (bert_ipu/devices) provides to run step t; the lo
 
 `TorchStepRunner` (CPU, CUDA): for each micro-batch forward under autocast, scaled
 loss / accumulation, backward; then unscale, finite check, clip, AdamW, and the DynSp
-controller RIGHT AFTER optimizer.step(). The IPU runner is bert_ipu/devices/ipu.py,
+controller RIGHT AFTER optimizer.step(). The IPU runner is bert_ipu/train/ipu_step.py,
 the pipeline runner (torch.distributed.pipelining) bert_ipu/train/pipeline_step.py.
 """
 from __future__ import annotations

@@ -133,7 +133,10 @@ class DynSpSettings:
         try:
             return UpdateSchedule(total_steps, self.n_updates, self.prune_ratio,
                                   self.prune_schedule, self.end_fraction)
-        except ValueError:
+        except ValueError as exc:
+            if "'n_updates'" not in str(exc):   # not the spacing of the updates (a bad step count)
+                raise SettingsError(self.path("n_updates"), f"a schedule over the run's {total_steps} "
+                                    f"training steps ({exc})", self.n_updates) from None
             most = max_updates(total_steps, self.end_fraction)
             raise SettingsError(self.path("n_updates"), f"at most {most} pattern updates in a run of "
                                 f"{total_steps} training steps (one step apart, before "

@@ -1,4 +1,4 @@
-"""A CPU stand-in for PopTorch: just what bert_ipu/devices/ipu.py uses, with the behaviour that
+"""A CPU stand-in for PopTorch: just what bert_ipu/train/ipu_step.py uses, with the behaviour that
 matters for DynSp (tests only; the real SDK is not installable here).
 
 The "device" is a float32 copy of the host model, created at the first call (PopTorch

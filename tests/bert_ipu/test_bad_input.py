@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.data.config import SPECIAL_TOKENS
 from bert_ipu.pretrain import main
 from tests.bert_ipu.tiny_run import (  # noqa: F401

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from bert_ipu.train import checkpoint as ck
-from bert_ipu.train.checkpoint import CheckpointError, CheckpointId, ChecksumError
+from bert_ipu.store import checkpoint as ck
+from bert_ipu.store.checkpoint import CheckpointError, CheckpointId, ChecksumError
 
 
 def _files(step: int) -> dict:
@@ -96,7 +96,7 @@ def test_latest_falls_back_to_previous_good_checkpoint_with_warning(tmp_path, ca
         ck.save_checkpoint(tmp_path, CheckpointId(step), _files(step))
     bad = tmp_path / "step_00000003" / "trainer.pt"
     bad.write_bytes(bad.read_bytes()[:-1])
-    with caplog.at_level(logging.WARNING, logger="bert_ipu.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="bert_ipu.store.checkpoint"):
         assert ck.resolve_resume("latest", tmp_path) == tmp_path / "step_00000002"
     assert "trainer.pt" in caplog.text and "previous good checkpoint" in caplog.text
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.pretrain import main, resume_command
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     load_metrics, one_thread, strip_timing, tiny_data, tiny_overrides,

@@ -18,7 +18,7 @@ from bert_ipu.hub.export import export_folder
 from bert_ipu.hub.sparse import load_compressed
 from bert_ipu.model import build_model, sparse_modules
 from bert_ipu.schema import dump_yaml
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from sparse_ops.format import VALID_BLOCK_SIZES
 
 from tests.bert_ipu.tiny_run import WORDS

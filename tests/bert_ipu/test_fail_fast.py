@@ -35,8 +35,8 @@ def test_updates_that_do_not_fit_the_steps_fail_before_preparing(tiny_data, tmp_
     cache = tmp_path / "cache"
     argv = tiny_overrides(corpus, tmp_path / "run", cache, **{**SHORT, "sparsity.n_updates": 5})
     assert main(argv) == 2
-    assert error_line(capsys).startswith("error: sparsity.n_updates: expected at most one "
-                                         "update per step of the run")
+    assert error_line(capsys).startswith("error: sparsity.n_updates: expected at most 2 pattern "
+                                         "updates in a run of 2 training steps")
     assert _nothing_prepared(cache)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bert_ipu.config import ConfigError, load_config
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.train.build import build_components
 
 from tests.bert_ipu.tiny_run import final_state, one_thread, run_tiny, tiny_data, tiny_overrides  # noqa: F401

@@ -1,4 +1,4 @@
-"""The IPU path (bert_ipu/devices/ipu.py) without the Poplar SDK: the pure state handling
+"""The IPU path (bert_ipu/train/ipu_step.py) without the Poplar SDK: the pure state handling
 (bert_ipu/devices/ipu_state.py) directly, the rest with tests/bert_ipu/fake_poptorch.py
 installed as `poptorch`."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ IPU = {"training.device": "ipu", "training.training_steps": 8, "sparsity.n_updat
 
 @pytest.fixture
 def poptorch(monkeypatch):
-    """The fake SDK as `poptorch`; bert_ipu.devices.ipu is forgotten afterwards, so that other
+    """The fake SDK as `poptorch`; bert_ipu.train.ipu_step is forgotten afterwards, so that other
     tests still see CPU runs that never import it."""
     module = fake_poptorch.make_module()
     monkeypatch.setitem(sys.modules, "poptorch", module)
@@ -38,7 +38,7 @@ def poptorch(monkeypatch):
 def _forget_ipu_module() -> None:
     import bert_ipu.devices
 
-    sys.modules.pop("bert_ipu.devices.ipu", None)
+    sys.modules.pop("bert_ipu.train.ipu_step", None)
     bert_ipu.devices.__dict__.pop("ipu", None)
 
 
@@ -72,14 +72,14 @@ def test_the_ipu_module_needs_poptorch():
         pytest.skip("PopTorch is installed here")
     _forget_ipu_module()
     with pytest.raises(ImportError, match="poptorch"):
-        importlib.import_module("bert_ipu.devices.ipu")
+        importlib.import_module("bert_ipu.train.ipu_step")
     _forget_ipu_module()
 
 
 # ------------------------------------------------------------------ with the fake SDK
 def test_options_and_optimizer_follow_the_config(poptorch):
     from bert_ipu.config import load_config
-    from bert_ipu.devices.ipu import build_ipu_optimizer, ipu_options
+    from bert_ipu.train.ipu_step import build_ipu_optimizer, ipu_options
 
     opts = ipu_options(4, 2, 1, seed=3, pipelined=True, auto_loss_scaling=True)
     assert ("Training.setAutomaticLossScaling", (True,)) in opts.calls
@@ -96,7 +96,7 @@ def test_options_and_optimizer_follow_the_config(poptorch):
 @pytest.mark.usefixtures("one_thread")
 def test_pattern_updates_reset_the_device_moments_of_reallocated_blocks(
         poptorch, tiny_data, tmp_path, monkeypatch):
-    from bert_ipu.devices import ipu
+    ipu = importlib.import_module("bert_ipu.train.ipu_step")  # the one the runner will import
 
     seen = []
     real = ipu.IpuRunner.pattern_update
@@ -153,7 +153,7 @@ def test_resume_on_the_ipu_path_restores_the_device_optimizer_state(poptorch, ti
     with pytest.raises(TrainingInterrupted):
         run_tiny(corpus, tmp_path / "resumed", cache, hooks=TrainerHooks(stop_at=(4, 0)),
                  **IPU)
-    from bert_ipu.train import checkpoint as ck
+    from bert_ipu.store import checkpoint as ck
 
     saved = ck.load_checkpoint(ck.find_latest(tmp_path / "resumed" / "checkpoints"))
     ipu_state = saved["optimizer.pt"]["ipu_state"]

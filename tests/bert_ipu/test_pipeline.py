@@ -16,7 +16,7 @@ from bert_ipu.devices.pipeline import LayoutError, layout_for, owner_stage
 from bert_ipu.model import build_model
 from bert_ipu.model.stages import BertStage, stage_module_names
 from bert_ipu.pretrain import main
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.train.pipeline_step import merge_stage_metrics
 from sparse_ops.dynsp.controller import DynSpController
 from tests.bert_ipu.test_bad_input import error_line

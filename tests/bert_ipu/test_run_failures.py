@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from bert_ipu.pretrain import main, resume_command
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.train.loop import NonFiniteLossError, TrainerHooks
-from bert_ipu.train.runlock import OutputInUseError, RunLock
+from bert_ipu.store.runlock import OutputInUseError, RunLock
 from bert_ipu.train.signals import SetupInterrupted, StopRequest
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     SHORT, error_line, load_metrics, one_thread, run_tiny, tiny_data, tiny_overrides,
@@ -50,7 +50,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tiny_data, tmp_path, capsys)
 
 
 def test_a_killed_run_leaves_no_stuck_lock(tmp_path):
-    code = ("import sys, time; from bert_ipu.train.runlock import RunLock; "
+    code = ("import sys, time; from bert_ipu.store.runlock import RunLock; "
             f"lock = RunLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

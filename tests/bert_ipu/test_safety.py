@@ -18,8 +18,8 @@ from bert_ipu.hub import export as hub_export
 from bert_ipu.pretrain import main as pretrain_main
 from bert_ipu.sweep.__main__ import main as sweep_main
 from bert_ipu.sweep.collect import run_status
-from bert_ipu.train import checkpoint as ck
-from bert_ipu.train.runlock import RunLock
+from bert_ipu.store import checkpoint as ck
+from bert_ipu.store.runlock import RunLock
 
 from tests.bert_ipu.test_export import make_checkpoint
 from tests.bert_ipu.test_finetune import write_task

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     final_state, load_metrics, strip_timing, tiny_data, tiny_overrides,
 )

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.train.loop import NonFiniteLossError, TrainerHooks
 from tests.bert_ipu.tiny_run import load_metrics, one_thread, run_tiny, tiny_data  # noqa: F401
 
@@ -137,7 +137,7 @@ def test_cpu_runs_never_import_poptorch(tiny_data, tmp_path):
 
     run_tiny(*tiny_data[:1], tmp_path / "run", tiny_data[1], **{"training.training_steps": 2,
                                                                  "sparsity.n_updates": 1})
-    assert "bert_ipu.devices.ipu" not in sys.modules and "poptorch" not in sys.modules
+    assert "bert_ipu.train.ipu_step" not in sys.modules and "poptorch" not in sys.modules
 
 
 def test_ipu_without_poptorch_is_a_clear_error():

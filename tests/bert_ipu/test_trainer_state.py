@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from bert_ipu.train import checkpoint as ck
+from bert_ipu.store import checkpoint as ck
 from bert_ipu.config import load_config
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     one_thread, run_tiny, tiny_data, tiny_overrides,

@@ -64,7 +64,7 @@ def strip_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:
     """Model state dict of the newest checkpoint of a finished run."""
-    from bert_ipu.train import checkpoint as ck
+    from bert_ipu.store import checkpoint as ck
 
     path = ck.find_latest(out / "checkpoints")
     return ck.load_checkpoint(path)["model.pt"]

@@ -10,7 +10,8 @@ sparse values follow the same update (re-allocated blocks start at zero, survivo
 move with their block; see bert_ipu/devices/ipu_state.py), and the PopTorch optimizer's
 state dict, device state included, is what checkpoints save and resume restores.
 
-This module is never imported on CPU or CUDA runs (see `bert_ipu.devices`).
+This module is never imported on CPU or CUDA runs (bert_ipu/train/runners.py imports it
+for the `ipu` device only).
 """
 from __future__ import annotations
 
