@@ -11,7 +11,7 @@ of the next step already accumulated) under the run's checkpoint folder:
                     accumulators, accumulated gradients when mid-accumulation
     controller.pt   DynSp controller (patterns, ever-active bitmap, RNG, counters)
     config.yaml     the resolved config of the run
-    vocab.txt       the run's vocabulary (token id = line; resume checks it, train/vocab.py)
+    vocab.txt       the run's vocabulary (token id = line; resume checks it, store/vocab.py)
     manifest.json   {"format", "step", "micro_step", "files": {name: {sha256, bytes}}}
 
 Writing: a temporary folder `.tmp-...` in the same parent receives every file (each
