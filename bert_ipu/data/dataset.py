@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from bert_ipu.data.batching import SplitArrays, assemble
-from bert_ipu.data.masking import TRAIN_STREAM, apply_fixed_masks, counter_uniforms, mask_batch
+from bert_ipu.data.masking import (TRAIN_STREAM, UNIFORMS_PER_TOKEN, apply_fixed_masks,
+                                   counter_uniforms, mask_batch)
 from bert_ipu.data.prepare import prepare_data
 from bert_ipu.data.config import DataConfig
 from bert_ipu.data.tokenizer import (
@@ -85,9 +86,9 @@ class PretrainingDataset(torch.utils.data.Dataset):
         else:
             s = self.sequence_length
             epoch = self.epoch if epoch is None else int(epoch)
-            u = counter_uniforms(self.seed, TRAIN_STREAM, epoch, index, 4 * s)
+            u = counter_uniforms(self.seed, TRAIN_STREAM, epoch, index, UNIFORMS_PER_TOKEN * s)
             masked = mask_batch(rows.input_ids, rows.lengths, rows.candidate, rows.word_start,
-                                u.reshape(-1, 4, s), mask_id=special["[MASK]"],
+                                u.reshape(-1, UNIFORMS_PER_TOKEN, s), mask_id=special["[MASK]"],
                                 replacement_ids=self.replacement_ids,
                                 max_predictions=self.mask_tokens,
                                 masked_lm_prob=self.masked_lm_prob)

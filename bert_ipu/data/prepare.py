@@ -25,7 +25,7 @@ import numpy as np
 from bert_ipu.data import cache
 from bert_ipu.data.batching import SplitArrays, assemble
 from bert_ipu.data.corpus import Corpus, open_corpus
-from bert_ipu.data.masking import EVAL_STREAM, counter_uniforms, mask_batch
+from bert_ipu.data.masking import EVAL_STREAM, UNIFORMS_PER_TOKEN, counter_uniforms, mask_batch
 from bert_ipu.data.pretraining import TokenizedDocs, create_pairs, gather_pairs
 from bert_ipu.data.config import DataError, DataConfig
 from bert_ipu.data.tokenizer import (
@@ -212,7 +212,8 @@ def _fixed_masks(spec: DataConfig, folder: Path, tokens: list[str],
     for begin in range(0, len(split), 4096):
         index = np.arange(begin, min(begin + 4096, len(split)))
         rows = assemble(split, index, s, special, cont)
-        u = counter_uniforms(spec.seed_value, EVAL_STREAM, 0, index, 4 * s).reshape(-1, 4, s)
+        u = counter_uniforms(spec.seed_value, EVAL_STREAM, 0, index,
+                             UNIFORMS_PER_TOKEN * s).reshape(-1, UNIFORMS_PER_TOKEN, s)
         masked = mask_batch(rows.input_ids, rows.lengths, rows.candidate, rows.word_start,
                             u, mask_id=special["[MASK]"], replacement_ids=repl,
                             max_predictions=p, masked_lm_prob=spec.masked_lm_prob)

@@ -26,7 +26,3 @@ MODEL_SIZES: dict[str, ModelSize] = {
     "medium": ModelSize(8, 512, 8, 2048),
     "base": ModelSize(12, 768, 12, 3072),
 }
-
-VOCAB_SIZE = 30522
-MAX_POSITION_EMBEDDINGS = 512
-SEQUENCE_LENGTH = 128

@@ -62,8 +62,9 @@ class TrainState:
 
 
 def capture_rng() -> dict[str, Any]:
-    """torch (CPU and every CUDA device), numpy and python RNG states, picklable with
-    `torch.load(weights_only=True)` (numpy's key array becomes a tensor)."""
+    """The host's RNG states: torch's CPU generator, numpy and python, picklable with
+    `torch.load(weights_only=True)` (numpy's key array becomes a tensor). An accelerator's
+    own generator is the device's to save (`Device.rng_state`, saved once per rank)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -71,13 +72,12 @@ def capture_rng() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": random.getstate(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of `capture_rng`."""
+    """Inverse of `capture_rng` (a checkpoint written before the CUDA state moved to the
+    device's entry also holds every CUDA generator: restored too)."""
     torch.set_rng_state(state["torch"])
     npy = state["numpy"]
     np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],

@@ -1,6 +1,6 @@
-"""Issue 21 (silent defects): the model's shape arithmetic has one owner
+"""Issue 21 (silent defects): one owner per rule. The model's shape arithmetic has one owner
 (bert_ipu.model.encoder_linear_shapes), read by the model, the FLOPs tool and the collector;
-a size preset's every field is used."""
+a size preset's every field is used; the CUDA generator is saved once; one masking width."""
 from __future__ import annotations
 
 import argparse
@@ -58,3 +58,26 @@ def test_presets_carry_every_shape_field(name: str) -> None:
     m = ModelConfig(size=name)
     assert (m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.intermediate_size) == (
         preset.num_hidden_layers, preset.hidden_size, preset.num_attention_heads, preset.intermediate_size)
+
+
+def test_the_cuda_generator_is_saved_once_by_the_device(monkeypatch) -> None:
+    """capture_rng saved every CUDA generator beside the device's own entry (twice)."""
+    import torch
+
+    from bert_ipu.train.state import capture_rng
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(8, dtype=torch.uint8)])
+    assert set(capture_rng()) == {"torch", "numpy", "python"}
+
+
+def test_the_masking_width_is_one_constant() -> None:
+    """UNIFORMS_PER_TOKEN was defined while the literal 4 was used in two other files."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "bert_ipu" / "data"
+    for name in ("dataset.py", "prepare.py"):
+        text = (root / name).read_text()
+        assert "UNIFORMS_PER_TOKEN" in text and not re.search(r"\b4 \* s\b|-1, 4, s", text), name
