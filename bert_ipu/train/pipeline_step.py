@@ -38,6 +38,7 @@ from bert_ipu.model.stages import BertStage, stage_module_names
 from bert_ipu.train.optim import build_optimizer, parameter_groups
 from bert_ipu.train.precision import autocast
 from bert_ipu.train.step import StepResult, TorchStepRunner, flush_losses
+from sparse_ops.dynsp.metrics import merge_records
 
 if TYPE_CHECKING:
     from bert_ipu.config import Config
@@ -218,17 +219,6 @@ class PipelineStepRunner(TorchStepRunner):
 
 
 def merge_stage_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-stage DynSp metrics (stage order) -> one record: per-layer keys joined, the
-    pooled keys recomputed over all layers as the single-process controller does."""
-    out = {k: v for k, v in parts[0].items() if "/" not in k}
-    for part in parts:
-        out.update({k: v for k, v in part.items() if "/" in k})
-    dofs = [v for k, v in out.items() if k.startswith("dof/")]
-    out["dof_mean"] = sum(dofs) / len(dofs)
-    if "update_time_s" in out:
-        out["update_time_s"] = max(p["update_time_s"] for p in parts)
-        pruned = [(k.split("/", 1)[1], v) for k, v in out.items() if k.startswith("pruned_blocks/")]
-        removed = sum(round(out[f"removed_new_fraction/{n}"] * p) for n, p in pruned)
-        total = sum(p for _, p in pruned)
-        out["removed_new_fraction"] = removed / total if total else 0.0
-    return out
+    """Per-stage DynSp metrics (stage order) -> one record, pooled over every layer as the
+    single-process controller pools them (sparse_ops.dynsp.metrics.merge_records)."""
+    return merge_records(parts)

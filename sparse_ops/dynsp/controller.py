@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..linear import SparseLinear
 from .capture import GradientCapture
 from .methods import DynSpMethod, LayerPattern, PatternUpdate, get_method, max_prune
-from .metrics import LayerTracker
+from .metrics import LayerTracker, layer_pattern_keys, layer_update_keys, pooled
 from .prune import block_l1_norms
 from .regrow import new_block_values
 from .remap import check_optimizer_covers, gather_blocks, remap_param_state
@@ -247,14 +247,10 @@ class DynSpController:
         removed_new_fraction (pooled over layers), and per layer ``dof/NAME``,
         ``density/NAME``, ``removed_new_fraction/NAME``, ``pruned_blocks/NAME``."""
         out: dict = {"step": step, "update_index": index, "prune_ratio": pr, "update_time_s": elapsed}
-        removed = pruned = 0
         for name, rec in records.items():
-            n_pruned, n_removed = int(rec["n_pruned"]), int(rec["removed_new"])
-            removed, pruned = removed + n_removed, pruned + n_pruned
-            out[f"removed_new_fraction/{name}"] = n_removed / n_pruned if n_pruned else 0.0
-            out[f"pruned_blocks/{name}"] = n_pruned
-        out["removed_new_fraction"] = removed / pruned if pruned else 0.0
+            out.update(layer_update_keys(name, int(rec["n_pruned"]), int(rec["removed_new"])))
         out.update(self._pattern_metrics())
+        out.update(pooled(out))
         return out
 
     def pattern_metrics(self) -> dict:
@@ -265,10 +261,8 @@ class DynSpController:
     def _pattern_metrics(self) -> dict:
         out: dict = {}
         for name, m in self.layers.items():
-            out[f"dof/{name}"] = float(self.trackers[name].dof())
-            out[f"density/{name}"] = m.nnz / self._n_positions(m)
-        dofs = [out[f"dof/{n}"] for n in self.layers]
-        out["dof_mean"] = sum(dofs) / len(dofs)
+            out.update(layer_pattern_keys(name, self.trackers[name].dof(), m.nnz / self._n_positions(m)))
+        out.update(pooled(out))
         return out
 
     # ---- checkpoints -----------------------------------------------------------------

@@ -96,3 +96,50 @@ class LayerTracker:
         ever = unpack_bits(state["ever_active_bits"], int(state["n_positions"])).to(device)
         count = ever.sum().to(torch.int64)
         return cls(ever, count, state["prev_grown"].to(device=device, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------- pooled metrics
+# The per-layer keys of an update record are `KEY/NAME`; the pooled keys are computed from
+# them here only (by the controller, and over pipeline stages by `merge_records`).
+
+def layer_update_keys(name: str, n_pruned: int, n_removed: int) -> dict:
+    """The per-layer "removed new weights" keys of one pattern update."""
+    return {f"removed_new_fraction/{name}": n_removed / n_pruned if n_pruned else 0.0,
+            f"pruned_blocks/{name}": int(n_pruned), f"removed_new_blocks/{name}": int(n_removed)}
+
+
+def layer_pattern_keys(name: str, dof: float, density: float) -> dict:
+    """The per-layer pattern keys (any time): explored degrees of freedom, density."""
+    return {f"dof/{name}": float(dof), f"density/{name}": float(density)}
+
+
+def _per_layer(record: dict, key: str) -> list:
+    return [v for k, v in record.items() if k.startswith(key + "/")]
+
+
+def pooled(record: dict) -> dict:
+    """The pooled keys of a record from its per-layer keys: `dof_mean` (mean over layers)
+    and, for an update, `removed_new_fraction` (removed new blocks / pruned blocks over
+    all layers)."""
+    out: dict = {}
+    dofs = _per_layer(record, "dof")
+    if dofs:
+        out["dof_mean"] = sum(dofs) / len(dofs)
+    pruned = _per_layer(record, "pruned_blocks")
+    if pruned:
+        total = sum(pruned)
+        out["removed_new_fraction"] = sum(_per_layer(record, "removed_new_blocks")) / total if total else 0.0
+    return out
+
+
+def merge_records(parts: list) -> dict:
+    """Records of disjoint sets of layers (pipeline stages, in order) -> the record of the
+    whole model: shared keys from the first part (the update's step, index, prune ratio),
+    the slowest part's update time, per-layer keys joined, pooled keys recomputed."""
+    out = {k: v for k, v in parts[0].items() if "/" not in k}
+    for part in parts:
+        out.update({k: v for k, v in part.items() if "/" in k})
+    if "update_time_s" in out:
+        out["update_time_s"] = max(p["update_time_s"] for p in parts)
+    out.update(pooled(out))
+    return out

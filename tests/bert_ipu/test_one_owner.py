@@ -81,3 +81,19 @@ def test_the_masking_width_is_one_constant() -> None:
     for name in ("dataset.py", "prepare.py"):
         text = (root / name).read_text()
         assert "UNIFORMS_PER_TOKEN" in text and not re.search(r"\b4 \* s\b|-1, 4, s", text), name
+
+
+def test_pooled_dynsp_metrics_have_one_owner() -> None:
+    """The pipeline merged stage metrics by parsing per-layer key strings and recomputing
+    the pooled values on its own; both now come from sparse_ops.dynsp.metrics."""
+    from bert_ipu.train.pipeline_step import merge_stage_metrics
+    from sparse_ops.dynsp.metrics import layer_pattern_keys, layer_update_keys, merge_records, pooled
+
+    a = {"step": 5, "update_index": 0, "prune_ratio": 0.5, "update_time_s": 0.2,
+         **layer_update_keys("l0", 3, 1), **layer_pattern_keys("l0", 0.5, 0.1)}
+    b = {"step": 5, "update_index": 0, "prune_ratio": 0.5, "update_time_s": 0.3,
+         **layer_update_keys("l1", 7, 7), **layer_pattern_keys("l1", 0.25, 0.1)}
+    whole = {**a, **b, "update_time_s": 0.3}
+    whole.update(pooled(whole))
+    assert whole["removed_new_fraction"] == 8 / 10 and whole["dof_mean"] == 0.375
+    assert merge_records([a, b]) == whole == merge_stage_metrics([a, b])
