@@ -201,7 +201,7 @@ class Progress:
         if self.enabled and (now - self._last_line >= self.interval or self.done == self.total):
             self._last_line = now
             eta = (now - self._start) / max(self.done - self.initial, 1) * (self.total - self.done)
-            print(f"step {self.done}/{self.total} loss {loss:.4f} "
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {self.done}/{self.total} loss {loss:.4f} "
                   f"{sequences_per_second:.1f} seq/s ETA {_duration(eta)}", file=sys.stderr,
                   flush=True)
 

@@ -115,7 +115,7 @@ def test_progress_line_without_a_terminal_shows_loss_rate_and_eta(capsys):
     progress.update(1, 2.5, 123.4)
     progress.close()
     line = capsys.readouterr().err.strip()
-    assert re.fullmatch(r"step 5/10 loss 2\.5000 123\.4 seq/s ETA \d\dm\d\ds", line), line
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d step 5/10 loss 2\.5000 123\.4 seq/s ETA \d\dm\d\ds", line), line
 
 
 def test_progress_bar_on_a_terminal_shows_loss_rate_and_eta(monkeypatch):
