@@ -21,6 +21,17 @@ if TYPE_CHECKING:
     from bert_ipu.config import Config
 
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")
+"""training.pipeline_schedule names; `schedule_class` is the one map to torch's classes."""
+
+
+def schedule_class(name: str) -> type:
+    """torch.distributed.pipelining's schedule class of a PIPELINE_SCHEDULES name."""
+    from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
+
+    classes = dict(zip(PIPELINE_SCHEDULES, (ScheduleGPipe, Schedule1F1B)))
+    if name not in classes:
+        raise ValueError(f"schedule_class: name must be one of {PIPELINE_SCHEDULES}, got {name!r}")
+    return classes[name]
 
 
 class LayoutError(ValueError):

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.distributed.pipelining import PipelineStage
 from torch.utils._pytree import tree_map
 
 from bert_ipu.devices import distributed as D
 from bert_ipu.devices.pipeline import (
-    broadcast_owned, make_groups, pipeline_layout,
+    broadcast_owned, make_groups, pipeline_layout, schedule_class,
 )
 from bert_ipu.model.bert import ENCODER_LINEARS, pretraining_output
 from bert_ipu.model.stages import BertStage, stage_module_names
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from bert_ipu.devices import Device
     from bert_ipu.train.loop import Run
 
-SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 STAGE0_INPUTS = ("input_ids", "attention_mask", "masked_lm_positions", "token_type_ids")
 
 
@@ -76,7 +75,7 @@ class PipelineStepRunner(TorchStepRunner):
         self._tied = core.bert.embeddings.word_embeddings.weight
         stage = PipelineStage(self.stage_module, lay.stage, lay.stages, device.torch_device,
                               group=self.groups.pp)
-        self.schedule = SCHEDULES[t.pipeline_schedule](
+        self.schedule = schedule_class(t.pipeline_schedule)(
             stage, n_microbatches=t.gradient_accumulation, loss_fn=self._loss, scale_grads=False)
         self._run: Any = None
         self._losses: list[torch.Tensor] = []

@@ -97,3 +97,17 @@ def test_pooled_dynsp_metrics_have_one_owner() -> None:
     whole.update(pooled(whole))
     assert whole["removed_new_fraction"] == 8 / 10 and whole["dof_mean"] == 0.375
     assert merge_records([a, b]) == whole == merge_stage_metrics([a, b])
+
+
+def test_one_map_of_pipeline_schedules() -> None:
+    """The schedule names were listed in devices/pipeline.py and again as the keys of a
+    dict in train/pipeline_step.py."""
+    from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
+
+    from bert_ipu.devices.pipeline import PIPELINE_SCHEDULES, schedule_class
+    from bert_ipu.train import pipeline_step
+
+    assert [schedule_class(n) for n in PIPELINE_SCHEDULES] == [ScheduleGPipe, Schedule1F1B]
+    assert not hasattr(pipeline_step, "SCHEDULES")
+    with pytest.raises(ValueError, match="one of"):
+        schedule_class("zigzag")
