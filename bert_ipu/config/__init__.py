@@ -112,6 +112,14 @@ class Config:
                   f">= data.vocab_size={d.vocab_size} (the trained vocabulary)", m.vocab_size)
         _need(m.pad_token_id < m.vocab_size, "model.pad_token_id",
               f"< model.vocab_size={m.vocab_size}", m.pad_token_id)
+        if t.device == "ipu" and s.method != "dense":
+            # the PopTorch step runner (train/ipu_step.py) applies the optimizer on the device:
+            # it has no hook for the freeze ablation nor for RigL's dense-gradient capture
+            _need(s.freeze_fraction == 0, "sparsity.freeze_fraction",
+                  "0 with training.device=ipu (the IPU runner has no freeze ablation)", s.freeze_fraction)
+            _need(not s.needs_gradient, "sparsity.regrow",
+                  "a regrowth without dense gradients with training.device=ipu (the IPU runner "
+                  "does not capture them)", s.regrow)
         if t.pipeline_layers is not None:
             key = "layers_per_stage" if t.layers_per_stage is not None else "layers_per_ipu"
             _need(sum(t.pipeline_layers) == m.num_hidden_layers, f"training.{key}",

@@ -111,3 +111,17 @@ def test_one_map_of_pipeline_schedules() -> None:
     assert not hasattr(pipeline_step, "SCHEDULES")
     with pytest.raises(ValueError, match="one of"):
         schedule_class("zigzag")
+
+
+@pytest.mark.parametrize("override,key", [("sparsity.regrow=gradient", "sparsity.regrow"),
+                                          ("sparsity.freeze_fraction=0.5", "sparsity.freeze_fraction")])
+def test_the_config_refuses_what_the_ipu_runner_cannot_run(override, key) -> None:
+    """The IPU runner skips the freeze ablation and RigL's gradient capture; such a run
+    was accepted and silently trained something else."""
+    from bert_ipu.config import ConfigError
+
+    extra = ["sparsity.freeze_until_step=5"] if "freeze" in override else []
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["training.device=ipu", "sparsity.method=dynamic", "sparsity.sparsity=0.9",
+                           override, *extra])
+    assert str(info.value).startswith(key) and "ipu" in str(info.value)
