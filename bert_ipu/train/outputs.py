@@ -120,38 +120,80 @@ def batch_stream(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
 
 
 # ------------------------------------------------------------------ checkpoints
-CHECKPOINT_FILES = ("model.pt", "optimizer.pt", "controller.pt", "trainer.pt", "config.yaml")
+@dataclass(frozen=True)
+class Piece:
+    """One stateful piece of a checkpoint: where it lives (`file`, and `key` inside that
+    file's dict; None: the whole file), how to capture it and how to put it back. Saving
+    and restoring both iterate PIECES: a new piece is one entry here."""
+
+    file: str
+    key: str | None
+    save: Callable[[Components, TrainState], Any]
+    restore: Callable[[Components, TrainState, Any], None]
+
+
+def _check_world_size(c: Components, saved: int) -> None:
+    if saved != c.dist.world_size:
+        raise ValueError(f"it was written by {saved} rank(s), this run has "
+                         f"{c.dist.world_size} (the data order depends on it)")
+
+
+def _restore_schedule(c: Components, saved: dict[str, Any]) -> None:
+    changed = c.schedule.check_state_dict(saved)
+    if changed:
+        log.warning("the learning-rate schedule differs from the checkpoint's in %s; "
+                    "continuing with this run's", ", ".join(changed))
+
+
+def _maybe(obj: Any, method: str, value: Any) -> None:
+    if obj is not None and value is not None:
+        getattr(obj, method)(value)
+
+
+# In restore order: the checks first, then the weights, then the counters and streams.
+PIECES: tuple[Piece, ...] = (
+    Piece("trainer.pt", "world_size", lambda c, s: c.dist.world_size,
+          lambda c, s, v: _check_world_size(c, v)),
+    Piece("model.pt", None, lambda c, s: c.core.state_dict(), lambda c, s, v: c.core.load_state_dict(v)),
+    Piece("optimizer.pt", None, lambda c, s: c.optimizer.state_dict(),
+          lambda c, s, v: c.optimizer.load_state_dict(v)),
+    Piece("controller.pt", "controller", lambda c, s: None if c.controller is None else c.controller.state_dict(),
+          lambda c, s, v: c.controller.load_state_dict(v) if c.controller is not None else None),
+    Piece("controller.pt", "frozen", lambda c, s: None if c.frozen is None else c.frozen.state_dict(),
+          lambda c, s, v: _maybe(c.frozen, "load_state_dict", v)),
+    Piece("trainer.pt", "state", lambda c, s: s.state_dict(), lambda c, s, v: s.load_state_dict(v)),
+    Piece("trainer.pt", "scaler", lambda c, s: c.scaler.state_dict(), lambda c, s, v: c.scaler.load_state_dict(v)),
+    Piece("trainer.pt", "schedule", lambda c, s: c.schedule.state_dict(), lambda c, s, v: _restore_schedule(c, v)),
+    Piece("trainer.pt", "data", lambda c, s: c.train_loader.state_dict(),
+          lambda c, s, v: c.train_loader.load_state_dict(v)),
+    Piece("trainer.pt", "rng", lambda c, s: D.gather_objects(capture_rng(), c.dist),   # one entry per rank
+          lambda c, s, v: restore_rng(v[c.dist.rank])),
+    Piece("trainer.pt", "device_rng", lambda c, s: D.gather_objects(c.device.rng_state(), c.dist),
+          lambda c, s, v: c.device.set_rng_state(v[c.dist.rank])),
+    Piece("trainer.pt", "grads", lambda c, s: capture_grads(c.params) if s.micro_step > 0 else None,
+          lambda c, s, v: restore_grads(c.params, v) if v is not None else None),
+)
+
+
+CHECKPOINT_FILES = tuple(dict.fromkeys([p.file for p in PIECES] + ["config.yaml"]))
 """What every trainer checkpoint holds; one whose manifest lacks any is not resumed."""
 
 
 def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
-    """Everything needed to continue bit for bit (see checkpoint.py for the layout)."""
-    mid = state.micro_step > 0
+    """Everything needed to continue bit for bit (see store/checkpoint.py for the layout):
+    the PIECES, the run's config and vocabulary, a pipeline's per-stage files."""
     c.runner.sync_to_host()  # IPU: the device holds the trained weights
-    trainer = {
-        "state": state.state_dict(),
-        "schedule": c.schedule.state_dict(),
-        "scaler": c.scaler.state_dict(),
-        "data": c.train_loader.state_dict(),
-        "rng": D.gather_objects(capture_rng(), c.dist),  # one entry per rank
-        "device_rng": D.gather_objects(c.device.rng_state(), c.dist),
-        "grads": capture_grads(c.params) if mid else None,
-        "world_size": c.dist.world_size,
-    }
-    controller = {
-        "controller": None if c.controller is None else c.controller.state_dict(),
-        "frozen": None if c.frozen is None else c.frozen.state_dict(),
-    }
-    vocab = {} if c.tokenizer is None else {VOCAB: vocab_text(c.tokenizer)}
-    return {
-        **c.runner.checkpoint_files(c.controller),  # a pipeline's per-stage files (collective)
-        **vocab,
-        "model.pt": c.core.state_dict(),
-        "optimizer.pt": c.optimizer.state_dict(),
-        "controller.pt": controller,
-        "trainer.pt": trainer,
-        "config.yaml": dump_yaml(applied_config_dict(c.cfg)),
-    }
+    files: dict[str, Any] = dict(c.runner.checkpoint_files(c.controller))  # collective
+    if c.tokenizer is not None:
+        files[VOCAB] = vocab_text(c.tokenizer)
+    for piece in PIECES:
+        value = piece.save(c, state)
+        if piece.key is None:
+            files[piece.file] = value
+        else:
+            files.setdefault(piece.file, {})[piece.key] = value
+    files["config.yaml"] = dump_yaml(applied_config_dict(c.cfg))
+    return files
 
 
 def save_checkpoint(c: Components, out: RunOutputs, position: ck.CheckpointId,
@@ -217,30 +259,11 @@ def archive_earlier_run(out: RunOutputs) -> Path | None:
 def restore(c: Components, state: TrainState, loaded: dict[str, Any]) -> None:
     """Load every piece of a checkpoint into the built components."""
     loaded = c.runner.checkpoint_view(loaded)  # a pipeline stage reads its own files
-    trainer = loaded["trainer.pt"]
     if VOCAB in loaded and c.tokenizer is not None:
         check_same_vocab(vocab_tokens(loaded[VOCAB]), c.tokenizer, "the checkpoint")
-    if trainer["world_size"] != c.dist.world_size:
-        raise ValueError(f"it was written by {trainer['world_size']} rank(s), this run has "
-                         f"{c.dist.world_size} (the data order depends on it)")
-    c.core.load_state_dict(loaded["model.pt"])
-    c.optimizer.load_state_dict(loaded["optimizer.pt"])
-    ctrl = loaded["controller.pt"]
-    if c.controller is not None:
-        c.controller.load_state_dict(ctrl["controller"])
-    if c.frozen is not None and ctrl["frozen"] is not None:
-        c.frozen.load_state_dict(ctrl["frozen"])
-    state.load_state_dict(trainer["state"])
-    c.scaler.load_state_dict(trainer["scaler"])
-    changed = c.schedule.check_state_dict(trainer["schedule"])
-    if changed:
-        log.warning("the learning-rate schedule differs from the checkpoint's in %s; "
-                    "continuing with this run's", ", ".join(changed))
-    c.train_loader.load_state_dict(trainer["data"])
-    restore_rng(trainer["rng"][c.dist.rank])
-    c.device.set_rng_state(trainer["device_rng"][c.dist.rank])
-    if trainer["grads"] is not None:
-        restore_grads(c.params, trainer["grads"])
+    for piece in PIECES:
+        value = loaded[piece.file] if piece.key is None else loaded[piece.file][piece.key]
+        piece.restore(c, state, value)
 
 
 # ------------------------------------------------------------------ the end

@@ -12,6 +12,7 @@ from bert_ipu.model import build_model, encoder_linear_shapes
 from bert_ipu.model import sizes
 from bert_ipu.sweep.collect import nonembedding_params
 from dynsp_tools import flops
+from tests.bert_ipu.tiny_run import one_thread, tiny_data  # noqa: F401
 
 
 def _model_shapes(cfg) -> dict[str, tuple[int, int]]:
@@ -125,3 +126,24 @@ def test_the_config_refuses_what_the_ipu_runner_cannot_run(override, key) -> Non
         load_config(None, ["training.device=ipu", "sparsity.method=dynamic", "sparsity.sparsity=0.9",
                            override, *extra])
     assert str(info.value).startswith(key) and "ipu" in str(info.value)
+
+
+def test_checkpoint_pieces_are_declared_once(tiny_data, tmp_path, monkeypatch, one_thread) -> None:
+    """Save and restore both iterate outputs.PIECES: a new checkpointed piece is one entry
+    (it was two hand-written lists of 11 pieces)."""
+    from bert_ipu.train import outputs
+    from tests.bert_ipu.tiny_run import run_tiny
+
+    seen = []
+    extra = outputs.Piece("trainer.pt", "extra", lambda c, s: {"step": s.step},
+                          lambda c, s, v: seen.append(v))
+    monkeypatch.setattr(outputs, "PIECES", outputs.PIECES + (extra,))
+    corpus, cache = tiny_data
+    run_tiny(corpus, tmp_path / "run", cache, **{"training.training_steps": 4,
+                                                "checkpoint.checkpoint_steps": 2})
+    run_tiny(corpus, tmp_path / "run", cache, **{"training.training_steps": 4,
+                                                "checkpoint.checkpoint_steps": 2,
+                                                "checkpoint.resume_training_from_checkpoint": "latest"})
+    assert seen == [{"step": 4}]
+    assert set(outputs.CHECKPOINT_FILES) == {"model.pt", "optimizer.pt", "controller.pt", "trainer.pt",
+                                             "config.yaml"}
