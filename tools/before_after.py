@@ -1,10 +1,11 @@
 """Training throughput of the same configs with an earlier commit and with this tree.
 
-    python -m dynsp_tools.before_after --before COMMIT [--repeats 2] [--json PATH] [--only NAME ...]
+    python -m dynsp_tools.before_after --before COMMIT [--after COMMIT] [--repeats 2]
+                                       [--json PATH] [--only NAME ...]
 
 For each case (a config file of this tree plus overrides, below) it runs `python -m
-bert_ipu.pretrain` on it from a git worktree of COMMIT ("before") and from this working
-tree ("after"), alternating
+bert_ipu.pretrain` on it from a git worktree of COMMIT ("before") and from a worktree of
+`--after` (default: this working tree, as it is while the runs go on), alternating
 before / after `--repeats` times on the same machine, and reads `sequences_per_second` from
 each run's summary.json. Writes {description, machine, rows: [{run, precision, before,
 after, before_runs, after_runs}]} (medians over the repeats) for `kernel_report
@@ -61,45 +62,64 @@ def _run(tree: Path, config: str, overrides: tuple[str, ...], out: Path) -> floa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", required=True, help="the earlier commit (any git revision)")
+    p.add_argument("--after", help="the later commit (default: this working tree); a fixed "
+                   "commit keeps edits made while the runs go on out of the measurement")
     p.add_argument("--repeats", type=int, default=2, help="before/after pairs per case (default 2)")
     p.add_argument("--only", nargs="+", choices=tuple(CASES), help="cases to run (default: all)")
     p.add_argument("--json", type=Path, default=Path("runs/bench/before_after.json"))
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"argument --repeats: expected an integer >= 1, got {args.repeats}")
-    rev = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=ROOT, capture_output=True, text=True)
-    if rev.returncode != 0:
-        p.error(f"argument --before: {args.before!r} is not a commit of this repository")
-    before = rev.stdout.strip()
-    after = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    revs = {}
+    for side in ("before", "after"):
+        spec = getattr(args, side)
+        if spec is None:
+            continue
+        rev = subprocess.run(["git", "rev-parse", "--short", spec], cwd=ROOT, capture_output=True, text=True)
+        if rev.returncode != 0:
+            p.error(f"argument --{side}: {spec!r} is not a commit of this repository")
+        revs[side] = rev.stdout.strip()
+    before = revs["before"]
+    after = revs.get("after") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                capture_output=True, text=True).stdout.strip() + " + working tree"
     # SIGTERM (kill, a job scheduler) ends it through the cleanup below, like Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     tmp = Path(tempfile.mkdtemp(prefix="dynsp-before-after-"))
     tree = tmp / "before"
+    later = tmp / "after" if "after" in revs else ROOT
     rows: list[dict[str, Any]] = []
     try:
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), before], cwd=ROOT, check=True,
-                       capture_output=True)
+        for where, rev in ((tree, before), (later, revs.get("after"))):
+            if rev is not None:
+                subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=ROOT,
+                               check=True, capture_output=True)
         for name in args.only or CASES:
             label, precision, config, overrides = CASES[name]
             runs: dict[str, list[float]] = {"before": [], "after": []}
             for r in range(args.repeats):
-                for side, where in (("before", tree), ("after", ROOT)):
+                for side, where in (("before", tree), ("after", later)):
                     rate = _run(where, config, overrides, tmp / f"{name}-{side}-{r}")
                     runs[side].append(rate)
                     print(f"{name} {side} #{r}: {rate:.1f} seq/s", flush=True)
             rows.append({"run": label, "precision": precision, "before": statistics.median(runs["before"]),
                          "after": statistics.median(runs["after"]), "before_runs": runs["before"],
                          "after_runs": runs["after"]})
+    except KeyboardInterrupt:
+        print("before_after: interrupted; its worktrees and runs are removed, nothing was written",
+              file=sys.stderr)
+        return 130
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        for where in (tree, later):
+            if where != ROOT:
+                subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT,
+                               capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     report = {
         "description": (f"Sequences/s from each run's summary.json: the same config run with commit {before} "
                         f"(before) and with {after} (after), alternating before/after {args.repeats} time(s) "
                         f"on the same machine (`python -m dynsp_tools.before_after --before {before} "
-                        f"--repeats {args.repeats}`); medians, every run listed in the JSON."),
+                        + (f"--after {revs['after']} " if "after" in revs else "")
+                        + f"--repeats {args.repeats}`); medians, every run listed in the JSON."),
         "machine": machine_info(torch.device("cpu")), "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
