@@ -211,7 +211,7 @@ def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path
              "python -m dynsp_tools.bench_train --sizes base --micro-batch-size 8 --variants dense,static_b16,dynsp_b16 "
              "--precision fp32 --threads 1 --steps 5 --warmup 2 --profile 12 --json runs/bench/train_t1.json",
              "python -m dynsp_tools.bench_train ... --threads 2 ... --json runs/bench/train_t2.json",
-             "python -m dynsp_tools.before_after --before b52824f --repeats 2 --json runs/bench/before_after.json",
+             "python -m dynsp_tools.before_after --before b52824f --after HEAD --repeats 2 --json runs/bench/before_after.json",
              "python -m dynsp_tools.kernel_report --step runs/bench/step.json --train runs/bench/train_t1.json "
              "runs/bench/train_t2.json --before-after runs/bench/before_after.json",
              "```", ""]
