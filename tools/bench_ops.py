@@ -1,6 +1,6 @@
 """Benchmark SparseLinear kernels against dense nn.Linear (fwd + bwd), pattern updates, memory.
 
-    python tools/bench_ops.py [--device cpu|cuda] [--suite linear|step|kernels|all] [--quick] [--json PATH]
+    dynsp-bench-ops [--device cpu|cuda] [--suite linear|step|kernels|all] [--quick] [--json PATH]
 
 Three suites; every ratio compares variants measured in the same run.
 

@@ -1,6 +1,6 @@
 """Sequences/s and memory of dense vs static vs DynSp training, per BERT size, on this device.
 
-    python tools/bench_train.py [--sizes mini,small,medium,base] [--steps 5]
+    dynsp-bench-train [--sizes mini,small,medium,base] [--steps 5]
         [--micro-batch-size 32] [--config PATH] [key=value ...]
 
 For every size and variant (dense; static and DynSp at --sparsity 0.9 with block

@@ -1,7 +1,7 @@
 """Training throughput against the number of DynSp pattern updates ("host-update count
 against throughput"), with the host-side and the device-side controller.
 
-    python tools/bench_updates.py [--config configs/demo.yaml] [--steps T]
+    dynsp-bench-updates [--config configs/demo.yaml] [--steps T]
         [--n-updates 0,20,40,80,160,320] [--placements host,device] [key=value ...]
 
 For every n and placement: a fresh build of the config (sparsity.method=dynamic,

@@ -1,8 +1,8 @@
 """Training FLOPs per sequence of a BERT family member (docs/flops.md).
 
-    python tools/flops.py --model base --sparsity 0.9 --block-size 16 [--seq-len 128]
+    dynsp-flops --model base --sparsity 0.9 --block-size 16 [--seq-len 128]
                           [--n-updates 160 --regrow gradient --training-steps 100000] [--json]
-    python tools/flops.py --config configs/mini_dynsp_s0.9.yaml [key=value ...] [--json]
+    dynsp-flops --config configs/mini_dynsp_s0.9.yaml [key=value ...] [--json]
 
 With ``--config`` everything comes from the run config (model shape, sparsity, block
 size, distribution, updates, regrowth, sequence length, steps and sequences per step:
