@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"on the same machine (`python -m dynsp_tools.before_after --before {before} "
                         + (f"--after {revs['after']} " if "after" in revs else "")
                         + f"--repeats {args.repeats}`); medians, every run listed in the JSON."),
-        "machine": machine_info(torch.device("cpu")), "rows": rows,
+        "machine": machine_info(torch.device("cpu")), "before_commit": before, "after_commit": after,
+        "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))

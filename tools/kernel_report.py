@@ -220,8 +220,10 @@ def write(step_path: Path, train_paths: list[Path], out: Path, pages: tuple[Path
     written = copies + [page]
     block = summary(step, trains)
     if ba:
+        earlier = f"commit {ba['before_commit']}" if ba.get("before_commit") else "the earlier commit"
         block += "".join(f"* `{r['run']}` ({r['precision']}): {r['after'] / r['before']:.2f}x the sequences/s "
-                         f"of the code before this change\n" for r in ba.get("rows", []))
+                         f"of {earlier} (docs/results/kernels.md, before/after table)\n"
+                         for r in ba.get("rows", []))
     for p in pages:
         if replace_block(p, "kernels", block):
             written.append(p)
