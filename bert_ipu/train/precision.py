@@ -46,16 +46,22 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
 
 
 def grads_are_finite(params: Iterable[torch.nn.Parameter]) -> bool:
-    """True when every existing gradient is finite (one device sync in total).
+    """True when every existing gradient is finite (one sync per device).
 
-    One reduction a tensor: the max-norm max|g| is finite exactly when every element is
-    (NaN propagates through the max; finite values cannot overflow it), where
-    ``isfinite(g).all()`` made four passes (abs, two comparisons, all): about 7 % of a dense
-    BERT-Base CPU step."""
-    norms = [torch.linalg.vector_norm(p.grad, float("inf")) for p in params if p.grad is not None]
-    if not norms:
-        return True
-    return bool(torch.isfinite(torch.stack(norms)).all().item())
+    torch's fused check of the loss scaler (the op `torch.amp.GradScaler` runs, with an
+    unscale factor of exactly 1, so the gradients are unchanged bit for bit): one vectorised
+    pass a tensor. `isfinite(g).all()` makes four passes, and the max-norm, tried before, is
+    not vectorised on the CPU (it showed up as 7 % of a BERT-Base DynSp step's profile)."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            by_device.setdefault(p.grad.device, []).append(p.grad)
+    for device, grads in by_device.items():
+        found = torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=device))
+        if found.item() != 0:
+            return False
+    return True
 
 
 class LossScaler:
