@@ -28,8 +28,8 @@ from bert_ipu.hub.export import export_folder
 from bert_ipu.pretrain import main as pretrain_main
 from bert_ipu.sweep.__main__ import main as sweep_main
 
-from tests.bert_ipu.test_export import make_checkpoint
-from tests.bert_ipu.test_finetune import write_task
+from tests.bert_ipu.hub.test_export import make_checkpoint
+from tests.bert_ipu.finetune.test_finetune import write_task
 
 FAST, SLOW = 12, 150   # examples per command: make test / make test-slow
 CODES: dict = {}   # (command's main, exit code) -> examples: success paths must be reached too

@@ -21,8 +21,8 @@ from bert_ipu.sweep.collect import run_status
 from bert_ipu.store import checkpoint as ck
 from bert_ipu.store.runlock import RunLock
 
-from tests.bert_ipu.test_export import make_checkpoint
-from tests.bert_ipu.test_finetune import write_task
+from tests.bert_ipu.hub.test_export import make_checkpoint
+from tests.bert_ipu.finetune.test_finetune import write_task
 from tests.bert_ipu.tiny_run import SHORT, error_line, one_thread, tiny_data, tiny_overrides  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from bert_ipu.sweep.collect import aggregate, collect_runs
 from bert_ipu.sweep.runner import RESUME, command, run_state
 from bert_ipu.sweep.spec import expand_sweep
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BASE = (ROOT / "configs" / "tiny_dense.yaml").as_posix()
 
 

@@ -19,7 +19,7 @@ from tests.bert_ipu.tiny_run import (  # noqa: F401
     final_state, load_metrics, strip_timing, tiny_data, tiny_overrides,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 

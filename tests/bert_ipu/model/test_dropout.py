@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bert_ipu.model import dropout as D
 from sparse_ops.kernels import cpp_build
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ from bert_ipu.store import checkpoint as ck
 from bert_ipu.train.pipeline_step import merge_stage_metrics
 from sparse_ops.dynsp.controller import DynSpController
 from tests.bert_ipu.test_bad_input import error_line
-from tests.bert_ipu.test_model import SPARSE, batch, small_cfg
+from tests.bert_ipu.model.test_model import SPARSE, batch, small_cfg
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     load_metrics, one_thread, strip_timing, tiny_data, tiny_overrides,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 KEY = "training.layers_per_stage"
 

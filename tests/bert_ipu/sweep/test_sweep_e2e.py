@@ -13,7 +13,7 @@ import pytest
 
 from tests.bert_ipu.tiny_run import load_metrics, tiny_overrides, tiny_data  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def sweep_cli(*args: str) -> subprocess.CompletedProcess:

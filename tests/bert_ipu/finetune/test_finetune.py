@@ -16,7 +16,7 @@ from bert_ipu.finetune.metrics import classification_metrics
 from bert_ipu.hub import load_pretrained
 from bert_ipu.hub.export import export_folder
 
-from tests.bert_ipu.test_export import make_checkpoint
+from tests.bert_ipu.hub.test_export import make_checkpoint
 from tests.bert_ipu.tiny_run import WORDS, one_thread  # noqa: F401
 
 ANIMALS, PLACES = ["cat", "dog", "bird"], ["house", "river", "garden"]

@@ -9,7 +9,7 @@ from bert_ipu.config import load_config, save_config
 from bert_ipu.data import DataConfig
 from bert_ipu.sweep.spec import expand_sweep
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if "sweeps" not in p.parts)
 SWEEPS = sorted((CONFIGS / "sweeps").rglob("*.yaml"))
 SIZES = ("tiny", "mini", "small", "medium", "base")

@@ -14,7 +14,7 @@ from bert_ipu.train.signals import TrainingInterrupted
 from bert_ipu.train.loop import TrainerHooks
 from sparse_ops.dynsp.remap import remap_param_state
 from sparse_ops.linear import SparseLinear
-from tests.bert_ipu import fake_poptorch
+from tests.bert_ipu.train import fake_poptorch
 from tests.bert_ipu.tiny_run import (  # noqa: F401
     final_state, load_metrics, one_thread, run_tiny, strip_timing, tiny_data,
 )
