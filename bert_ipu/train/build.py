@@ -27,7 +27,10 @@ from bert_ipu.model import build_model, encoder_linear_shapes, sparse_modules
 from bert_ipu.train.optim import LRSchedule, parameter_groups, trainable_params, warmup_steps_from
 from bert_ipu.train.precision import LossScaler, build_loss_scaler
 from bert_ipu.train.runners import step_runner
+from bert_ipu.train.step import StepRunner
 from sparse_ops.flops import FlopsBreakdown, training_flops
+from sparse_ops.dynsp.controller import DynSpController
+from sparse_ops.dynsp.freeze import FrozenSubset
 
 Log = Callable[[str], None]
 
@@ -46,8 +49,10 @@ class Components:
     params: list[nn.Parameter]
     schedule: LRSchedule
     scaler: LossScaler
-    controller: Any | None
-    frozen: Any | None
+    controller: DynSpController | None
+    """None for a dense run."""
+    frozen: FrozenSubset | None
+    """The freeze ablation (sparse_ops/dynsp/freeze.py); None when off."""
     train_loader: PretrainingLoader | None
     """None when built without data (benchmarks feed their own batches)."""
     eval_dataset: PretrainingDataset | None
@@ -55,8 +60,8 @@ class Components:
     sequences_per_step: int
     flops: FlopsBreakdown
     """Training FLOPs per sequence from the model's actual nnz (sparse_ops.flops)."""
-    runner: Any
-    """The device's step runner (bert_ipu/train/step.py: TorchStepRunner, or the IPU's)."""
+    runner: StepRunner
+    """The step runner (train/runners.py picks it; protocol: train/step.py)."""
     tokenizer: TokenizerInfo | None = None
     """The run's vocabulary (kept in the output folder and every checkpoint); None without data."""
 

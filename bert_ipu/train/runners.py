@@ -10,11 +10,23 @@ import torch
 
 from bert_ipu.devices import Device
 from bert_ipu.devices.distributed import DistInfo
+from bert_ipu.train.step import StepRunner, TorchStepRunner
 
 
 def step_runner(device: Device, core: torch.nn.Module, groups: list[dict[str, Any]], cfg: Any,
                 dist: DistInfo, log: Callable[[str], None]) -> Any:
-    """The runner of this device and layout (see bert_ipu/train/step.py for the protocol)."""
+    """The runner of this device and layout, checked against the StepRunner protocol."""
+    runner = _build(device, core, groups, cfg, dist, log)
+    if not isinstance(runner, StepRunner):
+        missing = [m for m in StepRunner.__protocol_attrs__ if not hasattr(runner, m)] if hasattr(
+            StepRunner, "__protocol_attrs__") else []
+        raise TypeError(f"step_runner: {type(runner).__name__} does not follow the StepRunner "
+                        f"protocol (bert_ipu/train/step.py){': lacks ' + ', '.join(missing) if missing else ''}")
+    return runner
+
+
+def _build(device: Device, core: torch.nn.Module, groups: list[dict[str, Any]], cfg: Any,
+           dist: DistInfo, log: Callable[[str], None]) -> StepRunner:
     if device.kind == "ipu":
         from bert_ipu.train.ipu_step import IpuRunner
 
@@ -24,6 +36,4 @@ def step_runner(device: Device, core: torch.nn.Module, groups: list[dict[str, An
         from bert_ipu.train.pipeline_step import PipelineStepRunner
 
         return PipelineStepRunner(device, core, groups, cfg, dist, log)
-    from bert_ipu.train.step import TorchStepRunner
-
     return TorchStepRunner(device, core, groups, cfg, dist, log)

@@ -1,7 +1,8 @@
-"""One optimizer step: the step-runner protocol, and the runner of torch devices.
+"""One optimizer step: the step-runner protocol (`StepRunner`), and the runner of torch
+devices.
 
-A step runner is what a device (bert_ipu/devices) provides to run step t; the loop
-(loop.py) calls `runner.step(run, t)` and does the bookkeeping. Protocol:
+A step runner runs step t on the run's device (train/runners.py picks it); the loop
+(loop.py) calls `runner.step(run, t)` and does the bookkeeping. Protocol (`StepRunner`):
 
     model                 the module the forward pass runs (may be compiled / DDP-wrapped)
     optimizer             the run's optimizer (its state dict is checkpointed)
@@ -30,7 +31,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -58,6 +59,31 @@ class StepResult:
     """False when the optimizer step was skipped (non-finite gradients / fp16 overflow)."""
     update: dict[str, Any] | None
     """The DynSp controller's metrics when t was an update step."""
+
+
+@runtime_checkable
+class StepRunner(Protocol):
+    """What the loop, the checkpoints and the controller ask of a step runner (the module
+    docstring says what each member means); TorchStepRunner, PipelineStepRunner and the
+    IPU's IpuRunner implement it."""
+
+    model: nn.Module
+    optimizer: Any
+    controller_optimizer: Any
+    precision: str
+    replicas: int
+    trained: Any
+    dynsp_options: dict[str, Any]
+
+    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]: ...
+
+    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]: ...
+
+    def step(self, run: "Run", t: int) -> StepResult | None: ...
+
+    def sync_to_host(self) -> None: ...
+
+    def eval_model(self, core: nn.Module) -> tuple[nn.Module, str]: ...
 
 
 class UnpipelinedCheckpoints:

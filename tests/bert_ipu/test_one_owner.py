@@ -147,3 +147,15 @@ def test_checkpoint_pieces_are_declared_once(tiny_data, tmp_path, monkeypatch, o
     assert seen == [{"step": 4}]
     assert set(outputs.CHECKPOINT_FILES) == {"model.pt", "optimizer.pt", "controller.pt", "trainer.pt",
                                              "config.yaml"}
+
+
+def test_every_step_runner_follows_the_protocol(tiny_data, tmp_path, one_thread) -> None:
+    """The runner protocol was a docstring; it is a typing.Protocol now, and the built
+    runner satisfies it (the pipeline and IPU runners' tests build theirs the same way)."""
+    from bert_ipu.train.build import build_components
+    from bert_ipu.train.step import StepRunner
+
+    corpus, cache = tiny_data
+    from tests.bert_ipu.tiny_run import tiny_overrides
+    c = build_components(load_config(None, tiny_overrides(corpus, tmp_path / "run", cache)), log=lambda s: None)
+    assert isinstance(c.runner, StepRunner)
