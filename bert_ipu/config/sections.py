@@ -321,8 +321,8 @@ class LoggingConfig:
     """Evaluate on the held-out split every N steps (0: only at the end)."""
     eval_batches: int | None = None
     """Held-out batches per evaluation (null: the whole split)."""
-    tensorboard: bool = False
-    """Also write TensorBoard events (needs `pip install tensorboard`, not in requirements)."""
+    tensorboard: bool = True
+    """Also write TensorBoard events to <output_dir>/tensorboard (installed by the set-up command)."""
     progress_bar: bool = True
     """Show a progress bar with loss, sequences/s and ETA."""
 

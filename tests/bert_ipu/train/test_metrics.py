@@ -159,3 +159,16 @@ def test_the_trainer_feeds_the_progress_bar_a_rate_at_every_step(tiny_data, tmp_
                                                  "sparsity.n_updates": 1})
     assert len(seen) == 6
     assert all(math.isfinite(loss) and math.isfinite(rate) and rate > 0 for loss, rate in seen)
+
+
+def test_tensorboard_is_installed_and_on_by_default(tmp_path):
+    """Issue 22: TensorBoard was not installed and a run with logging.tensorboard=true
+    fell back to metrics.jsonl only; it is installed by the set-up command and on by default."""
+    from bert_ipu.config import load_config
+
+    assert load_config(None, []).logging.tensorboard is True
+    writer = MetricsWriter(tmp_path, tensorboard=True)
+    writer.log({"step": 1, "loss": 2.5, "eval_mlm_loss": 3.0})
+    writer.close()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
