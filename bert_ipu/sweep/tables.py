@@ -39,13 +39,24 @@ def _cell(mean: Any, std: Any, fmt: str) -> str:
     return text if std is None else f"{text} ± {fmt.format(std)}"
 
 
+def _setting(value: Any) -> str:
+    """A setting's cell; '-' where the point has none (e.g. the block size of a dense run)."""
+    return "-" if value is None else str(value)
+
+
+def _seeds(point: dict[str, Any]) -> str:
+    """The seeds of a point's runs ('0, 1, 2'; 'config' for the config's own seed)."""
+    seeds = [s for s in str(point.get("seeds") or "").split() if s]
+    return ", ".join("config" if s == "None" else s for s in seeds) or "-"
+
+
 def markdown_table(points: list[dict[str, Any]], keys: list[str]) -> str:
     """The points as a Markdown table: the varying settings, seeds, then mean ± std."""
     shown = [m for m in _SHOWN if any(p.get(m[0]) is not None for p in points)]
     head = keys + ["seeds"] + [h for _, h, _ in shown]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in points:
-        cells = [str(p.get(k)) for k in keys] + [f"{p['n']} ({p['seeds']})"]
+        cells = [_setting(p.get(k)) for k in keys] + [_seeds(p)]
         cells += [_cell(p.get(m), p.get(f"{m}_std"), fmt) for m, _, fmt in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

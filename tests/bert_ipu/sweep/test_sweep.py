@@ -153,6 +153,7 @@ def test_collect_writes_tables_and_figures(fake_sweep):
     assert "pareto.png" not in paths
     md = paths["results.md"].read_text()
     assert "| sparsity.n_updates | seeds |" in md and "4.333 ± 0.382" in md
+    assert "| 8 | 0, 1, 2 |" in md and "None" not in md and "(3)" not in md   # issue 22: no `None`, `1 (1)`
     assert "n16_s0 (unfinished)" in md
     for name in ("curves.png", "n_updates.png"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -197,3 +198,14 @@ def test_collect_cli_errors(tmp_path, capsys):
     assert main(["collect", str(tmp_path / "missing")]) == 2
     assert main(["collect", str(tmp_path)]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_table_cells_for_missing_settings_and_single_seeds():
+    """Issue 22: results tables printed `None` for a setting a point lacks and `1 (1)` for
+    one run of seed 1."""
+    from bert_ipu.sweep.tables import markdown_table
+
+    points = [{"sparsity.block_size": None, "n": 1, "seeds": "1", "mlm_loss": 5.0},
+              {"sparsity.block_size": 16, "n": 2, "seeds": "None None", "mlm_loss": 4.0}]
+    md = markdown_table(points, ["sparsity.block_size"])
+    assert "| - | 1 |" in md and "| 16 | config, config |" in md and "None" not in md
