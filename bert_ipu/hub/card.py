@@ -25,6 +25,7 @@ def run_facts(src: Pretrained, n_params: int, sizes: dict[str, int]) -> dict[str
         "eval_mlm_loss": final.get("mlm_loss"), "eval_nsp_loss": final.get("nsp_loss"),
         "eval_mlm_accuracy": final.get("mlm_accuracy"),
         "dof_mean": summary.get("dof_mean"), "pattern_updates": summary.get("pattern_updates"),
+        "eval_step": summary.get("eval_step", src.step if final else None),
         "file_bytes": sizes,
     }
 
@@ -49,6 +50,7 @@ def _rows(facts: dict[str, Any]) -> list[tuple[str, Any]]:
             ("sparsity distribution", facts["distribution"]), ("corpus", facts["corpus"]),
             ("optimizer steps", facts["steps"]), ("training FLOPs", facts["total_flops"]),
             ("FLOPs per sequence", facts["flops_per_sequence"]),
+            ("held-out evaluation at step", facts.get("eval_step")),
             ("held-out MLM loss", facts["eval_mlm_loss"]),
             ("held-out NSP loss", facts["eval_nsp_loss"]),
             ("held-out MLM accuracy", facts["eval_mlm_accuracy"]),

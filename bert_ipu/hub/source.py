@@ -95,13 +95,47 @@ def _from_checkpoint(path: Path) -> Pretrained:
 
 
 def _run_summary(cfg: Config, step: int | None) -> dict[str, Any]:
-    """summary.json of the run when it describes `step` (else {}: a mid-run checkpoint)."""
+    """summary.json of the run when it describes `step`; for a mid-run checkpoint, the same
+    numbers as of `step` from the run's metrics.jsonl (cumulative FLOPs, the latest
+    evaluation and DOF at or before it, the pattern updates so far; `eval_step` says when)."""
     file = Path(cfg.output_dir) / "summary.json"
     try:
         summary = json.loads(file.read_text())
     except (OSError, ValueError):
+        summary = {}
+    if summary.get("steps") == step:
+        return summary
+    return _metrics_as_of(Path(cfg.output_dir) / "metrics.jsonl", step) if step is not None else {}
+
+
+def _metrics_as_of(path: Path, step: int) -> dict[str, Any]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
         return {}
-    return summary if summary.get("steps") == step else {}
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            records.append(record)
+    if not records:
+        return {}
+    out: dict[str, Any] = {"steps": step}
+    at_step = [r for r in records if r["step"] == step and "flops" in r]
+    if at_step:
+        out["total_flops"] = at_step[-1]["flops"]
+    evals = [r for r in records if "eval_mlm_loss" in r]
+    if evals:
+        out["final_eval"] = {k[len("eval_"):]: v for k, v in evals[-1].items() if k.startswith("eval_")}
+        out["eval_step"] = evals[-1]["step"]
+    dofs = [r for r in records if "dof_mean" in r]
+    if dofs:
+        out["dof_mean"] = dofs[-1]["dof_mean"]
+    out["pattern_updates"] = sum(1 for r in records if "update_index" in r)
+    return out
 
 
 def _from_export(path: Path) -> Pretrained:

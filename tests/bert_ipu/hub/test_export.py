@@ -21,7 +21,7 @@ from bert_ipu.schema import dump_yaml
 from bert_ipu.store import checkpoint as ck
 from sparse_ops.format import VALID_BLOCK_SIZES
 
-from tests.bert_ipu.tiny_run import WORDS
+from tests.bert_ipu.tiny_run import WORDS, one_thread, tiny_data  # noqa: F401
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TOKENS = SPECIALS + sorted(set(WORDS)) + [".", ",", "##s", "##ed", "a"]
@@ -163,3 +163,22 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "o3").exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_mid_run_checkpoint_card_has_the_run_numbers_as_of_its_step(tiny_data, tmp_path, one_thread):
+    """Issue 22: a mid-run checkpoint's card said "not recorded" for numbers the run has."""
+    from bert_ipu.hub.card import model_card, run_facts
+    from tests.bert_ipu.tiny_run import load_metrics, run_tiny
+
+    corpus, cache = tiny_data
+    out = tmp_path / "run"
+    run_tiny(corpus, out, cache)                        # 12 steps, checkpoints every 4, eval every 6
+    src = load_pretrained(out / "checkpoints" / "step_00000008")
+    facts = run_facts(src, 1, {})
+    records = load_metrics(out)
+    assert facts["steps"] == 8 and facts["eval_step"] == 6
+    assert facts["eval_mlm_loss"] == next(r["eval_mlm_loss"] for r in records if r["step"] == 6 and "eval_mlm_loss" in r)
+    assert facts["total_flops"] == next(r["flops"] for r in records if r["step"] == 8 and "flops" in r)
+    assert facts["pattern_updates"] == sum(1 for r in records if "update_index" in r and r["step"] <= 8)
+    card = model_card(facts)
+    assert "| held-out evaluation at step | 6 |" in card
