@@ -107,15 +107,19 @@ def resolve_input_files(patterns: tuple[str, ...]) -> list[Path]:
     return list(out)
 
 
-def read_text_file(path: Path) -> tuple[str | None, str]:
-    """(text, "") for a UTF-8 text file, else (None, reason): binary or not UTF-8."""
+def read_text_file(path: Path) -> tuple[str | None, str, int]:
+    """(text, "", replaced) for a text file: UTF-8, bytes that are not UTF-8 replaced by
+    U+FFFD and counted (one stray byte no longer drops a whole file); (None, "binary", 0)
+    for a binary file (NUL bytes in its first 64 KiB)."""
     data = path.read_bytes()
     if b"\x00" in data[:65536]:
-        return None, "binary"
+        return None, "binary", 0
     try:
-        return data.decode("utf-8-sig"), ""
-    except UnicodeDecodeError as err:
-        return None, f"not UTF-8 (byte {err.start})"
+        return data.decode("utf-8-sig"), "", 0
+    except UnicodeDecodeError:
+        text = data.decode("utf-8-sig", errors="replace")
+        # U+FFFD in the decoded text minus any the file already held as valid UTF-8
+        return text, "", text.count("\ufffd") - data.count("\ufffd".encode())
 
 
 class FilesCorpus(Corpus):
@@ -137,19 +141,27 @@ class FilesCorpus(Corpus):
 
     def documents(self) -> Iterator[Document]:
         skipped: list[tuple[Path, str]] = []
+        replaced: list[tuple[Path, int]] = []
         for path in self.files:
-            text, reason = read_text_file(path)
+            text, reason, n_replaced = read_text_file(path)
             if text is None:
                 skipped.append((path, reason))
                 continue
+            if n_replaced:
+                replaced.append((path, n_replaced))
             yield from parse_documents(text, self.layout)
+        if replaced and not self._reported:
+            shown = ", ".join(f"{p} ({n} byte(s))" for p, n in replaced[:5])
+            more = f", ... {len(replaced) - 5} more" if len(replaced) > 5 else ""
+            self.log(f"data: {len(replaced)} input file(s) are not valid UTF-8; their invalid bytes "
+                     f"were replaced by U+FFFD: {shown}{more}")
         self.skipped = skipped
         if len(skipped) == len(self.files):
             raise DataError(f"data.input_files: all {len(skipped)} file(s) skipped, "
                             f"nothing left: {_list_skipped(skipped)}")
         if skipped and not self._reported:
             self.log(f"data: skipped {len(skipped)} of {len(self.files)} input file(s) "
-                     f"(binary or not UTF-8): {_list_skipped(skipped)}")
+                     f"(binary): {_list_skipped(skipped)}")
         self._reported = True
 
 

@@ -128,14 +128,13 @@ def test_empty_corpus(capsys, earlier, tiny_data, tmp_path):
     assert "1 input file(s)" in line and "the corpus is empty" in line
 
 
-def test_only_binary_or_non_utf8_files_is_an_error_naming_them(capsys, earlier, tiny_data,
-                                                              tmp_path):
+def test_only_binary_files_is_an_error_naming_them(capsys, earlier, tiny_data, tmp_path):
     (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me. Br\xfbl\xe9e.".encode("latin-1"))
+    (tmp_path / "archive.txt").write_bytes(b"PK\x03\x04\x00\x00")
     line = fails_cleanly(capsys, earlier, tiny_data,
                          **{"data.input_files": [str(tmp_path / "*.txt")]})
     assert "data.input_files: all 2 file(s) skipped, nothing left" in line
-    assert "image.txt (binary)" in line and "latin1.txt (not UTF-8" in line
+    assert "image.txt (binary)" in line and "archive.txt (binary)" in line
 
 
 def test_documents_too_short_for_nsp(capsys, earlier, tiny_data, tmp_path):
@@ -176,7 +175,7 @@ def test_output_folder_without_write_permission(capsys, earlier, tiny_data, monk
 
 
 # ------------------------------------------------------------------ cases that succeed
-def test_binary_and_non_utf8_files_are_skipped_with_a_count(capsys, tiny_data, tmp_path):
+def test_binary_files_are_skipped_and_non_utf8_bytes_replaced_with_a_count(capsys, tiny_data, tmp_path):
     corpus, _ = tiny_data
     (tmp_path / "docs").mkdir()
     for doc in sorted(corpus.glob("*.txt"))[:12]:
@@ -187,8 +186,9 @@ def test_binary_and_non_utf8_files_are_skipped_with_a_count(capsys, tiny_data, t
         **STEPS, "data.vocab_size": 120, "data.eval_fraction": 0.0, "sparsity.n_updates": 1})
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "data: skipped 2 of 14 input file(s) (binary or not UTF-8)" in err
-    assert "zz_binary.txt (binary)" in err and "zz_latin1.txt (not UTF-8" in err
+    assert "data: skipped 1 of 14 input file(s) (binary)" in err and "zz_binary.txt (binary)" in err
+    # issue 22: one stray byte no longer drops the file; the replaced bytes are counted
+    assert "1 input file(s) are not valid UTF-8" in err and "zz_latin1.txt (2 byte(s))" in err
 
 
 def test_stale_and_corrupt_prepared_data_are_rebuilt(capsys, tmp_path):

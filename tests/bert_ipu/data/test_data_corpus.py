@@ -69,20 +69,23 @@ def test_missing_inputs_are_named(tmp_path):
         open_corpus(files_spec(str(tmp_path / "empty")))
 
 
-def test_binary_and_non_utf8_skipped_with_count(tmp_path):
+def test_binary_skipped_and_non_utf8_bytes_replaced_with_counts(tmp_path):
     (tmp_path / "good.txt").write_text("Good text. Two sentences.")
     (tmp_path / "bin.txt").write_bytes(b"\x7fELF\x00\x01\x02")
-    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 au lait.".encode("latin-1"))
+    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 au lait. Already \ufffd here.".encode("latin-1", "replace")
+                                          .replace(b"?", "\ufffd".encode()))
     logs: list[str] = []
     docs = docs_of(files_spec(str(tmp_path / "*.txt")), logs.append)
-    assert docs == [["Good text.", "Two sentences."]]
-    assert any("skipped 2 of 3 input file(s)" in m and "bin.txt (binary)" in m
-               and "latin1.txt (not UTF-8" in m for m in logs), logs
+    assert ["Good text.", "Two sentences."] in docs
+    assert ["Caf\ufffd au lait.", "Already \ufffd here."] in docs     # kept, one byte replaced
+    assert any("skipped 1 of 3 input file(s)" in m and "bin.txt (binary)" in m for m in logs), logs
+    # the U+FFFD the file already held is not counted as a replacement
+    assert any("latin1.txt (1 byte(s))" in m for m in logs), logs
 
 
 def test_nothing_left_after_skipping_is_an_error(tmp_path):
     (tmp_path / "bin.dat").write_bytes(b"\x00\x01")
-    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
+    (tmp_path / "bad.txt").write_bytes(b"\x00\xff\xfe\xfa")
     with pytest.raises(DataError, match="all 2 file.*skipped, nothing left"):
         docs_of(files_spec(str(tmp_path / "*")))
 
