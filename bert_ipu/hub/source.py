@@ -16,6 +16,7 @@ import yaml
 from bert_ipu.config import Config, ConfigError, config_from_dict, config_to_dict
 from bert_ipu.model import BertForPreTraining, build_model
 from bert_ipu.store import checkpoint as ck
+from bert_ipu.store.jsonl import read_jsonl
 from bert_ipu.store.vocab import VOCAB, vocab_tokens
 from bert_ipu.userfiles import UserFileError, read_safetensors, read_text
 
@@ -110,17 +111,9 @@ def _run_summary(cfg: Config, step: int | None) -> dict[str, Any]:
 
 def _metrics_as_of(path: Path, step: int) -> dict[str, Any]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        records = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+    except OSError:
         return {}
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            records.append(record)
     if not records:
         return {}
     out: dict[str, Any] = {"steps": step}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bert_ipu.fsutil import naming
+from bert_ipu.store.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,6 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     with naming(path, cleanup=tmp):
         tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
         os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON line of a metrics file (a torn last line is ignored)."""
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def _open_tensorboard(folder: Path) -> Any:

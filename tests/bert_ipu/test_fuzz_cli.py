@@ -30,6 +30,7 @@ from bert_ipu.sweep.__main__ import main as sweep_main
 
 from tests.bert_ipu.hub.test_export import make_checkpoint
 from tests.bert_ipu.finetune.test_finetune import write_task
+from tests.bert_ipu.tiny_run import one_thread  # noqa: F401  (fixture)
 
 FAST, SLOW = 12, 150   # examples per command: make test / make test-slow
 CODES: dict = {}   # (command's main, exit code) -> examples: success paths must be reached too
@@ -219,7 +220,7 @@ def _fuzz(world: dict[str, Path], name: str, examples: int) -> None:
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_cli_single_faults(world, name, one_thread_fuzz) -> None:
+def test_cli_single_faults(world, name, one_thread) -> None:
     """Each hostile choice alone in an otherwise valid command line."""
     main = COMMANDS[name][0]
     before = {c: CODES.get((main, c), 0) for c in (0, 2)}
@@ -230,22 +231,13 @@ def test_cli_single_faults(world, name, one_thread_fuzz) -> None:
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_cli_fuzz(world, name, one_thread_fuzz) -> None:
+def test_cli_fuzz(world, name, one_thread) -> None:
     """Generated combinations (several hostile choices at once)."""
     _fuzz(world, name, FAST)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_cli_fuzz_long(world, name, one_thread_fuzz) -> None:
+def test_cli_fuzz_long(world, name, one_thread) -> None:
     _fuzz(world, name, SLOW)
 
-
-@pytest.fixture
-def one_thread_fuzz():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
