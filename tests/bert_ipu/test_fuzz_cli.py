@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
@@ -102,8 +103,11 @@ def _paths(world: dict[str, Path]) -> st.SearchStrategy[str]:
 def _check(world: dict[str, Path], main: Callable[[Sequence[str]], int], argv: list[str]) -> None:
     root = world["root"]
     before = _snapshot(root, world["scratch"])
+    here = sorted(os.listdir("."))
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    # relative paths (".", "1e309", ...) resolve inside scratch/, never in the checkout
+    with contextlib.chdir(world["scratch"]), contextlib.redirect_stderr(err), \
+            contextlib.redirect_stdout(io.StringIO()):
         try:
             code = main(argv)
         except SystemExit as exc:  # argparse (usage errors, --help)
@@ -117,6 +121,7 @@ def _check(world: dict[str, Path], main: Callable[[Sequence[str]], int], argv: l
     after = _snapshot(root, world["scratch"])
     changed = sorted(k for k, v in before.items() if after.get(k) != v)
     assert not changed, (argv, changed)          # nothing that existed was changed or removed
+    assert sorted(os.listdir(".")) == here, argv  # nothing written where pytest runs
     CODES[(main, code)] = CODES.get((main, code), 0) + 1
 
 
