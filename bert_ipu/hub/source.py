@@ -16,7 +16,7 @@ import yaml
 from bert_ipu.config import Config, ConfigError, config_from_dict, config_to_dict
 from bert_ipu.model import BertForPreTraining, build_model
 from bert_ipu.store import checkpoint as ck
-from bert_ipu.store.jsonl import read_jsonl
+from bert_ipu.store.jsonl import METRICS_FILE, UPDATES_FILE, read_run_jsonl
 from bert_ipu.store.vocab import VOCAB, vocab_tokens
 from bert_ipu.userfiles import UserFileError, read_safetensors, read_text
 
@@ -106,15 +106,16 @@ def _run_summary(cfg: Config, step: int | None) -> dict[str, Any]:
         summary = {}
     if summary.get("steps") == step:
         return summary
-    return _metrics_as_of(Path(cfg.output_dir) / "metrics.jsonl", step) if step is not None else {}
+    return _metrics_as_of(Path(cfg.output_dir), step) if step is not None else {}
 
 
-def _metrics_as_of(path: Path, step: int) -> dict[str, Any]:
-    try:
-        records = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
-    except OSError:
-        return {}
-    if not records:
+def _metrics_as_of(run_dir: Path, step: int) -> dict[str, Any]:
+    def upto(name: str) -> list[dict[str, Any]]:
+        return [r for r in read_run_jsonl(run_dir, name)
+                if isinstance(r.get("step"), int) and r["step"] <= step]
+
+    records, updates = upto(METRICS_FILE), upto(UPDATES_FILE)
+    if not records and not updates:
         return {}
     out: dict[str, Any] = {"steps": step}
     at_step = [r for r in records if r["step"] == step and "flops" in r]
@@ -124,10 +125,9 @@ def _metrics_as_of(path: Path, step: int) -> dict[str, Any]:
     if evals:
         out["final_eval"] = {k[len("eval_"):]: v for k, v in evals[-1].items() if k.startswith("eval_")}
         out["eval_step"] = evals[-1]["step"]
-    dofs = [r for r in records if "dof_mean" in r]
-    if dofs:
-        out["dof_mean"] = dofs[-1]["dof_mean"]
-    out["pattern_updates"] = sum(1 for r in records if "update_index" in r)
+    if updates:
+        out["dof_mean"] = updates[-1].get("dof_mean")
+    out["pattern_updates"] = len(updates)
     return out
 
 

@@ -20,6 +20,7 @@ from bert_ipu.config import ConfigError, ModelConfig
 from bert_ipu.config.sections import default_heads, default_intermediate
 from bert_ipu.model import encoder_linear_shapes
 from bert_ipu.schema import parse_yaml_value
+from bert_ipu.store.jsonl import METRICS_FILE, UPDATES_FILE, read_run_jsonl
 from bert_ipu.sweep.runner import RUN_RECORD
 
 __all__ = ["collect_runs", "varying_keys", "aggregate", "point_label", "CONTEXT", "METRICS", "read_metrics"]
@@ -60,17 +61,12 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of `metrics.jsonl` (empty when missing); unreadable lines are skipped."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    return read_run_jsonl(run_dir, METRICS_FILE)
+
+
+def read_updates(run_dir: Path) -> list[dict[str, Any]]:
+    """The pattern-update records of `dynsp_updates.jsonl` (empty when missing)."""
+    return read_run_jsonl(run_dir, UPDATES_FILE)
 
 
 def nonembedding_params(config: dict[str, Any]) -> float:
@@ -103,7 +99,7 @@ def _run_row(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     summary = _json(run_dir / "summary.json") or {}
     record = _json(run_dir / RUN_RECORD) or {}
     final = summary.get("final_eval") or {}
-    fractions = [r["removed_new_fraction"] for r in read_metrics(run_dir)
+    fractions = [r["removed_new_fraction"] for r in read_updates(run_dir)
                  if r.get("removed_new_fraction") is not None]
     seqs, rate = summary.get("sequences"), summary.get("sequences_per_second")
     wall = record.get("wall_s") or (seqs / rate if seqs and rate else None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bert_ipu.sweep.collect import read_metrics
+from bert_ipu.sweep.collect import read_metrics, read_updates
 from bert_ipu.sweep.plotting import pyplot, save_figure
 
 __all__ = ["training_curves", "dof_curves", "patterns", "ever_active"]
@@ -66,7 +66,7 @@ def dof_curves(rows: list[dict[str, Any]], out: Path) -> Path:
         regrow = str(r.get("regrow"))
         label = None if regrow in seen else f"regrow={regrow}"
         seen.add(regrow)
-        ax.plot(*_xy(read_metrics(Path(r["run"])), "dof_mean"), color=colours[regrow],
+        ax.plot(*_xy(read_updates(Path(r["run"])), "dof_mean"), color=colours[regrow],
                 alpha=0.8, label=label)
     ax.set(xlabel="optimizer step", ylabel="explored DOF (ever-active / all weights)",
            title="DOF over training: random vs gradient (RigL) regrowth")

@@ -6,8 +6,10 @@
                                        under autocast, loss scaled, backward; then
                                        unscale, finite check, clip, optimizer.step(),
           controller.step(t)           <- DynSp pattern update, RIGHT AFTER optimizer.step()
-        count_step(run, t, result)     counters, FLOPs, the step's metrics record
-      after_step(run, ...)           metrics.jsonl, evaluation, periodic checkpoints
+        count_step(run, t, result)     counters, FLOPs, the step's metrics record; a pattern
+                                       update's record to dynsp_updates.jsonl
+      after_step(run, ...)           evaluation, periodic checkpoints, metrics.jsonl (losses
+                                     averaged over the logging interval)
     finish(run)                      final evaluation, checkpoint, eval.json, summary.json
 
 Resume is exact on CPU: a checkpoint holds every counter, every RNG state and the
@@ -163,14 +165,35 @@ def count_step(run: Run, t: int, result: StepResult) -> dict[str, Any]:
     state.flops += c.flops.step_per_sequence * c.sequences_per_step
     record: dict[str, Any] = {"step": state.step, **{k: sums.get(k, math.nan) for k in LOSS_KEYS},
                               "lr": lr, "grad_norm": grad_norm}
+    add_to_interval(state, record)
     if update is not None:
         state.flops += c.flops.rigl_extra_per_update_sequence * c.sequences_per_step
         state.pattern_updates += 1
         state.update_time_s += float(update["update_time_s"])
         state.last_update = {k: float(update[k]) for k in ("dof_mean", "removed_new_fraction")}
-        record.update({k: v for k, v in update.items() if k != "step"})
+        run.metrics.log_update({**update, "step": state.step})
     _check_nonfinite(run, applied, record["loss"])
     return record
+
+
+def add_to_interval(state: TrainState, record: dict[str, Any]) -> None:
+    """Count step `record` into the logging interval (finite losses only: a skipped
+    step's NaN would hide the interval's other steps)."""
+    sums = state.interval_sums
+    sums["steps"] = sums.get("steps", 0) + 1
+    for key in LOSS_KEYS:
+        if math.isfinite(record[key]):
+            sums[key] = sums.get(key, 0.0) + record[key]
+            sums[f"{key}_n"] = sums.get(f"{key}_n", 0) + 1
+
+
+def interval_means(state: TrainState) -> dict[str, Any]:
+    """The mean of each loss over the finite steps of the interval (NaN when none was),
+    and `loss_steps`, the interval's length in steps; starts a new interval."""
+    sums, state.interval_sums = state.interval_sums, {}
+    means: dict[str, Any] = {k: sums[k] / sums[f"{k}_n"] if sums.get(f"{k}_n") else math.nan
+                             for k in LOSS_KEYS}
+    return {**means, "loss_steps": int(sums.get("steps", 0))}
 
 
 def _check_nonfinite(run: Run, applied: bool, loss: float) -> None:
@@ -221,26 +244,32 @@ def after_step(run: Run, record: dict[str, Any]) -> None:
         show_eval(run, result)
         # cut short by a stop signal: the checkpoint says so, and the resumed run redoes it
         state.eval_pending = not result and c.eval_dataset is not None
+    logged = at_end or state.step % lg.log_steps == 0 or due
+    step_loss = record["loss"]
+    if logged:  # the interval ends here, before a checkpoint saves the state
+        record.update(interval_means(state))
     every = c.cfg.checkpoint.checkpoint_steps
     if at_end or (every and state.step % every == 0):
         save(run)
     run.timer.pause(time.perf_counter() - paused)
-    if at_end or state.step % lg.log_steps == 0 or "update_index" in record or due:
-        log_record(run, record)
+    if logged:
+        log_record(run, record, step_loss)
     else:
-        run.progress.update(1, record["loss"], run.timer.peek())
+        run.progress.update(1, step_loss, run.timer.peek())
     poll_stop_hook(run)
 
 
-def log_record(run: Run, record: dict[str, Any]) -> None:
-    """One metrics.jsonl object; the throughput counts since the previous record."""
+def log_record(run: Run, record: dict[str, Any], step_loss: float) -> None:
+    """One metrics.jsonl object (its losses already averaged over the logging interval,
+    `interval_means`), with the throughput since the previous record; the progress bar
+    shows `step_loss`, the step's own."""
     c, state = run.c, run.state
     rate = run.timer.rate()
     record.update(epoch=c.train_loader.epoch, sequences=state.sequences,
                   sequences_per_second=rate, flops=state.flops,
                   loss_scale=c.scaler.scale, skipped_steps=c.scaler.skipped_steps)
     run.metrics.log(record)
-    run.progress.update(1, record["loss"], rate)
+    run.progress.update(1, step_loss, rate)
 
 
 def run_eval(run: Run) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""Run outputs: `metrics.jsonl` (+ `dynsp_layers.jsonl`), optional TensorBoard, a tqdm
-progress bar, JSON files.
+"""Run outputs: `metrics.jsonl` (training rows and evaluations), `dynsp_updates.jsonl` and
+`dynsp_layers.jsonl` (pattern updates: pooled and per layer), optional TensorBoard, a
+tqdm progress bar, JSON files.
 
 Every writer is a no-op on non-zero ranks (`enabled=False`), so the trainer calls
 them unconditionally.
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bert_ipu.fsutil import naming
-from bert_ipu.store.jsonl import read_jsonl
+from bert_ipu.store.jsonl import LAYER_FILE, METRICS_FILE, UPDATES_FILE, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ def _open_tensorboard(folder: Path) -> Any:
     return SummaryWriter(log_dir=str(folder))
 
 
-LAYER_FILE = "dynsp_layers.jsonl"
 DYNSP_KEYS = ("update_index", "prune_ratio", "update_time_s", "dof_mean",
               "removed_new_fraction")
 
@@ -86,13 +86,15 @@ def _truncate_jsonl(path: Path, step: int) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to `metrics.jsonl` and the per-layer DynSp
-    metrics (keys `dof/NAME`, `density/NAME`, ...) of a pattern update, with its step, to
-    `dynsp_layers.jsonl`, so that metrics.jsonl rows stay readable; TensorBoard gets
-    every numeric value under a grouped tag (`tensorboard_tag`)."""
+    """Appends one JSON object per logged step to `metrics.jsonl` (`log`); a pattern update
+    (`log_update`) goes to its own files: the pooled metrics with the step to
+    `dynsp_updates.jsonl`, the per-layer ones (keys `dof/NAME`, `density/NAME`, ...) to
+    `dynsp_layers.jsonl`, so that the training curve has one row per logging interval.
+    TensorBoard gets every numeric value under a grouped tag (`tensorboard_tag`)."""
 
     def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = Path(output_dir) / METRICS_FILE
+        self.updates_path = Path(output_dir) / UPDATES_FILE
         self.layers_path = Path(output_dir) / LAYER_FILE
         self.enabled = enabled
         self._tb = _open_tensorboard(Path(output_dir) / "tensorboard") if (
@@ -103,8 +105,8 @@ class MetricsWriter:
         """Keep only records with `step <= step` (resume: the interrupted run may have
         logged steps past its checkpoint; the resumed run logs them again)."""
         if self.enabled:
-            _truncate_jsonl(self.path, step)
-            _truncate_jsonl(self.layers_path, step)
+            for path in (self.path, self.updates_path, self.layers_path):
+                _truncate_jsonl(path, step)
 
     def amend(self, step: int, values: Mapping[str, Any]) -> None:
         """Add `values` to the last record of `step` (appended as its own record when there
@@ -138,13 +140,23 @@ class MetricsWriter:
             self._handles[path].flush()
 
     def log(self, record: Mapping[str, Any]) -> None:
+        """A training (or evaluation) row of metrics.jsonl."""
+        if self.enabled:
+            self._append(self.path, record)
+            self._scalars(record)
+
+    def log_update(self, record: Mapping[str, Any]) -> None:
+        """A pattern update's record (`step`, pooled keys, per-layer keys with a `/`)."""
         if not self.enabled:
             return
-        main = {k: v for k, v in record.items() if "/" not in k}
+        pooled = {k: v for k, v in record.items() if "/" not in k}
         layers = {k: v for k, v in record.items() if "/" in k}
-        self._append(self.path, main)
+        self._append(self.updates_path, pooled)
         if layers:
             self._append(self.layers_path, {"step": record["step"], **layers})
+        self._scalars(record)
+
+    def _scalars(self, record: Mapping[str, Any]) -> None:
         if self._tb is not None:
             step = int(record["step"])
             for key, value in record.items():

@@ -42,6 +42,9 @@ class TrainState:
     """dof_mean / removed_new_fraction of the latest pattern update."""
     step_sums: dict[str, float] = field(default_factory=dict)
     """Sums over the micro-batches of the current step: loss, mlm_loss, nsp_loss."""
+    interval_sums: dict[str, float] = field(default_factory=dict)
+    """Sums of the finite step losses since the last metrics.jsonl row (and their count
+    under `steps`): the logged loss is their mean over the logging interval."""
     first_eval: dict[str, float] = field(default_factory=dict)
     """The held-out evaluation of the untrained model (step 0; for the summary)."""
     eval_pending: bool = False

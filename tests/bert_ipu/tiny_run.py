@@ -56,6 +56,12 @@ def load_metrics(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def load_updates(out: Path) -> list[dict[str, Any]]:
+    """The pattern-update rows (dynsp_updates.jsonl; empty without one)."""
+    path = out / "dynsp_updates.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def strip_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from bert_ipu.train.metrics import TIMING_FIELDS
 

@@ -183,15 +183,16 @@ def time_interleaved(cases: Sequence[tuple[Components, Iterator[Batch]]], warmup
 
 
 def _timed_step(run: Run, timing: StepTiming, t: int) -> None:
-    device = run.c.device
+    device, state = run.c.device, run.state
+    updates, update_seconds = state.pattern_updates, state.update_time_s
     device.synchronize()
     t0 = time.perf_counter()
-    record = train_step(run)
+    train_step(run)
     device.synchronize()
     timing.step_seconds.append(time.perf_counter() - t0)
-    if record is not None and "update_time_s" in record:
+    if state.pattern_updates > updates:  # the step ended with a pattern update
         timing.update_steps.append(t)
-        timing.update_seconds += float(record["update_time_s"])
+        timing.update_seconds += state.update_time_s - update_seconds
 
 
 def layer_type_update_ms(core: nn.Module, placement: str, layer: int = 0, repeats: int = 5,

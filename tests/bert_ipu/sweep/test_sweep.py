@@ -111,8 +111,10 @@ def fake_run(folder: Path, overrides: list[str], loss: float, dof: float | None,
     cfg = load_config(BASE, overrides + [f"output_dir={folder}"])
     save_config(cfg, folder / "config.yaml")
     records = [{"step": s, "loss": loss + 1.0 / s} for s in (1, 2, 3)]
-    records += [{"step": 3, "eval_mlm_loss": loss, "dof_mean": dof, "removed_new_fraction": 0.25}]
+    records += [{"step": 3, "eval_mlm_loss": loss}]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "dynsp_updates.jsonl").write_text(json.dumps(
+        {"step": 3, "update_index": 0, "dof_mean": dof, "removed_new_fraction": 0.25}) + "\n")
     if finished:
         final = {"mlm_loss": loss, "mlm_accuracy": 0.5, "nsp_loss": 0.7, "nsp_accuracy": 0.5}
         summary = {"steps": 3, "sequences": 30, "total_flops": 1e9, "sequences_per_second": 10.0,

@@ -52,7 +52,8 @@ def test_without_tensorboard_metrics_still_go_to_jsonl(tmp_path, monkeypatch, ca
 def test_tensorboard_gets_every_numeric_field(tmp_path, fake_tensorboard):
     writer = MetricsWriter(tmp_path, tensorboard=True)
     writer.log({"step": 3, "loss": 1.5, "grad_norm": float("nan"), "note": "x",
-                "dof/encoder.layer.0": 0.25, "eval_mlm_loss": None})
+                "eval_mlm_loss": None})
+    writer.log_update({"step": 3, "dof/encoder.layer.0": 0.25})
     writer.close()
     (tb,) = fake_tensorboard
     assert tb.log_dir == str(tmp_path / "tensorboard") and tb.closed
@@ -87,10 +88,37 @@ def test_per_layer_metrics_go_to_their_own_file(tiny_data, tmp_path):
     run_tiny(corpus, out, cache, **{"training.training_steps": 4, "sparsity.n_updates": 1})
     rows = read_jsonl(out / "metrics.jsonl")
     assert rows and not any("/" in k for r in rows for k in r)
-    update = [r for r in rows if "update_index" in r]
+    assert not any("update_index" in r for r in rows)    # updates have their own rows
+    update = read_jsonl(out / "dynsp_updates.jsonl")
+    assert update and all("dof_mean" in r and not any("/" in k for k in r) for r in update)
     layers = read_jsonl(out / "dynsp_layers.jsonl")
     assert [r["step"] for r in layers] == [r["step"] for r in update] and len(layers) == 1
     assert any(k.startswith("dof/") for k in layers[0]) and "density/" in "".join(layers[0])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_logged_loss_is_the_mean_over_the_logging_interval(tiny_data, tmp_path):
+    """Issue 22: one step's loss was logged (zig-zag curves) and every pattern update added
+    a row; now a row every logging.log_steps (and at evaluations), its losses the mean of
+    the interval's steps, updates in dynsp_updates.jsonl."""
+    corpus, cache = tiny_data
+    settings = {"training.training_steps": 10, "logging.eval_steps": 6}
+    run_tiny(corpus, tmp_path / "each", cache, **settings)
+    run_tiny(corpus, tmp_path / "four", cache, **settings, **{"logging.log_steps": 4})
+    each = {r["step"]: r for r in read_jsonl(tmp_path / "each" / "metrics.jsonl") if "loss" in r}
+    four = [r for r in read_jsonl(tmp_path / "four" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in four] == [4, 6, 8, 10]       # log steps, the evaluation at 6, the end
+    assert [r["loss_steps"] for r in four] == [4, 2, 2, 2]
+    start = 0
+    for row in four:
+        steps = range(start + 1, row["step"] + 1)
+        for key in ("loss", "mlm_loss", "nsp_loss"):
+            want = sum(each[t][key] for t in steps) / len(steps)
+            assert row[key] == pytest.approx(want, rel=1e-12), (row["step"], key)
+        assert row["lr"] == each[row["step"]]["lr"]          # the step's own value
+        start = row["step"]
+    assert [r["step"] for r in read_jsonl(tmp_path / "four" / "dynsp_updates.jsonl")] == [
+        r["step"] for r in read_jsonl(tmp_path / "each" / "dynsp_updates.jsonl")] != []
 
 
 class Terminal(io.StringIO):

@@ -22,7 +22,7 @@ from sparse_ops.dynsp.controller import DynSpController
 from tests.bert_ipu.test_bad_input import error_line
 from tests.bert_ipu.model.test_model import SPARSE, batch, small_cfg
 from tests.bert_ipu.tiny_run import (  # noqa: F401
-    load_metrics, one_thread, strip_timing, tiny_data, tiny_overrides,
+    load_metrics, load_updates, one_thread, strip_timing, tiny_data, tiny_overrides,
 )
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -212,7 +212,7 @@ def test_two_stages_by_two_replicas_equal_data_parallel(tiny_data, tmp_path):
     launch(tmp_path, tiny_data, "ddp", 2)
     launch(tmp_path, tiny_data, "pp2x2", 4, **{KEY: [1, 1]})
     assert_same_run(tmp_path / "ddp", tmp_path / "pp2x2")
-    assert len([r for r in load_metrics(tmp_path / "pp2x2") if "update_index" in r]) == 2
+    assert len(load_updates(tmp_path / "pp2x2")) == 2
 
 
 def test_resume_with_another_split_is_refused_naming_the_key():
