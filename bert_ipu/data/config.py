@@ -74,8 +74,10 @@ class DataConfig:
     input_files: tuple[str, ...] = ()
     """source=files: text files, globs (recursive `**`) or folders (all files below)."""
     format: str = field(default="auto", metadata=choices(lambda: FORMATS))
-    """Document layout of a text: auto | file (one document per file) | blank_line |
-    wikitext (` = Title = ` headings). For hf: auto/file = one document per row."""
+    """Document layout of a text: auto | file (one document per file) | blank_line (one
+    sentence per line, blank line between documents) | paragraphs (one document of
+    blank-line paragraphs: README files, manuals) | wikitext (` = Title = ` headings).
+    For hf: auto/file = one document per row."""
     hf_path: tuple[str, ...] = ()
     """source=hf: datasets read one after the other: hub names, builders (`text`, `json`)
     or local folders written by `save_to_disk`."""

@@ -3,13 +3,18 @@
 A *document* is a list of sentences (non-empty strings). Layouts of a text:
 
   file        the whole text is one document
-  blank_line  documents are separated by blank lines (Google BERT's sample_text.txt)
+  blank_line  documents are separated by blank lines (Google BERT's sample_text.txt: one
+              sentence per line)
+  paragraphs  the whole text is one document of paragraphs separated by blank lines, the
+              lines of a paragraph wrapped prose (README files, manuals, articles)
   wikitext    articles start at top-level ` = Title = ` lines (WikiText-2/103);
               ` = = Section = = ` headings are dropped
-  auto        wikitext if a top-level heading is present, else blank_line if the text has
-              a blank line between non-empty lines, else file
+  auto        wikitext if a top-level heading is present; else, when the text has a blank
+              line between non-empty lines, blank_line if it is one sentence per line (at
+              least 70 % of its lines end a sentence) and paragraphs otherwise; else file
 
-Sentences: every line break ends a sentence; inside a line, a sentence ends at `.`, `?`
+Sentences: in every layout but paragraphs, every line break ends a sentence (paragraphs
+joins the lines of a paragraph first); inside a line, a sentence ends at `.`, `?`
 or `!` (optionally followed by closing quotes/brackets) followed by whitespace and then a
 capital letter or an opening quote/bracket, unless the word before the period is a known
 abbreviation ("Mr.", "e.g.") or letters with periods (initials: "H. americanus", "U.S.").
@@ -18,13 +23,17 @@ abbreviation ("Mr.", "e.g.") or letters with periods (initials: "H. americanus",
 ['It rained.', 'Gold, surely!', 'Mr. Beard stopped.']
 >>> parse_documents("a b.\\nc d.\\n\\ne f.\\ng h.\\n", "blank_line")
 [['a b.', 'c d.'], ['e f.', 'g h.']]
+>>> parse_documents("It is a\\ntool. It runs.\\n\\nInstall it\\nfirst.\\n")
+[['It is a tool.', 'It runs.', 'Install it first.']]
 """
 from __future__ import annotations
 
 import re
 from typing import Iterable, Iterator
 
-FORMATS = ("auto", "file", "blank_line", "wikitext")
+FORMATS = ("auto", "file", "blank_line", "paragraphs", "wikitext")
+SENTENCE_PER_LINE = 0.7
+"""auto: the least fraction of non-empty lines ending a sentence for blank_line."""
 
 _BOUNDARY = re.compile(r"[.!?][\"')\]\u201d\u2019]*\s+(?=[\"'(\[\u201c\u2018]*(\w))")
 _ABBREVIATIONS = frozenset({
@@ -36,6 +45,7 @@ _ABBREVIATIONS = frozenset({
 _WIKI_TITLE = re.compile(r"^\s*= (?!=)(.*\S)(?<!=) =\s*$")
 _WIKI_HEADING = re.compile(r"^\s*(= )+.*( =)+\s*$")
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+_LINE_END = re.compile(r"[.!?][\"')\]\u201d\u2019]*\s*$")
 
 
 def _is_abbreviation(text: str, period_at: int) -> bool:
@@ -83,7 +93,9 @@ def detect_format(text: str) -> str:
     if any(_WIKI_TITLE.match(line) for line in text.splitlines()):
         return "wikitext"
     if _BLANK_LINE.search(text.strip()):
-        return "blank_line"
+        lines = [line for line in text.splitlines() if line.strip()]
+        ends = sum(1 for line in lines if _LINE_END.search(line))
+        return "blank_line" if ends >= SENTENCE_PER_LINE * len(lines) else "paragraphs"
     return "file"
 
 
@@ -97,6 +109,12 @@ def _blank_line_documents(lines: Iterable[str]) -> Iterator[list[str]]:
             current = []
     if current:
         yield current
+
+
+def _paragraph_lines(lines: Iterable[str]) -> list[list[str]]:
+    """One document; each paragraph (lines between blank lines) joined into one line."""
+    return [[" ".join(line.strip() for line in group)
+             for group in _blank_line_documents(lines)]]
 
 
 def _wikitext_documents(lines: Iterable[str]) -> Iterator[list[str]]:
@@ -119,6 +137,8 @@ def iter_documents(lines: Iterable[str], layout: str) -> Iterator[list[str]]:
         groups: Iterable[list[str]] = [list(lines)]
     elif layout == "blank_line":
         groups = _blank_line_documents(lines)
+    elif layout == "paragraphs":
+        groups = _paragraph_lines(lines)
     elif layout == "wikitext":
         groups = _wikitext_documents(lines)
     else:

@@ -38,6 +38,37 @@ def test_layouts_and_detection():
     assert parse_documents(blank, "file") == [["A one.", "A two.", "B one.", "B two."]]
 
 
+README = """# mytool
+
+mytool copies files between
+machines. It keeps permissions
+and times.
+
+## Install
+
+Run the installer as root. It
+asks no questions.
+
+See also the manual
+page.
+"""
+
+
+def test_readme_style_prose_is_one_document_of_paragraphs():
+    """Issue 22: README-style files were split at every blank line, so most of their
+    "documents" were one sentence long (too short for NSP pairs)."""
+    assert detect_format(README) == "paragraphs"
+    (doc,) = parse_documents(README)
+    assert doc == ["# mytool", "mytool copies files between machines.",
+                   "It keeps permissions and times.", "## Install",
+                   "Run the installer as root.", "It asks no questions.",
+                   "See also the manual page."]
+    assert len(parse_documents(README, "blank_line")) == 5   # the explicit layout still splits
+    # one sentence per line: 3 of 4 lines end a sentence (>= 70 %): Google's layout
+    assert detect_format("A one.\nA two;\n\nB one.\nB two.\n") == "blank_line"
+    assert detect_format("A one\nA two;\n\nB one.\nB two\n") == "paragraphs"
+
+
 # ----------------------------------------------------------------------------- files
 def docs_of(spec: DataConfig, log=lambda m: None) -> list[list[str]]:
     return list(open_corpus(spec, log).documents())
