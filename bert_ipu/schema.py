@@ -334,7 +334,11 @@ def coerce_fields(obj: Any, prefix: str) -> None:
             if valid is None:
                 raise
             value = _NO  # a value of the wrong type: say which names are valid
-        if valid is not None and value is not None and value not in valid:
+        if valid is not None and isinstance(value, tuple):  # a list: each item is checked
+            for i, item in enumerate(value):
+                if item not in valid:
+                    raise fail(f"{path}[{i}]", "one of " + ", ".join(map(repr, valid)), item)
+        elif valid is not None and value is not None and value not in valid:
             optional = get_origin(hints[field.name]) in (Union, types.UnionType) and \
                 type(None) in get_args(hints[field.name])
             words = "one of " + ", ".join(repr(v) for v in valid) + (" or null" if optional else "")
@@ -356,7 +360,8 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
     """Build dataclass `cls` from a raw mapping; nested dataclass fields recurse.
 
     Missing keys take the defaults; unknown keys, non-string keys and bad values raise
-    ConfigError. A section given as null counts as empty."""
+    ConfigError. A section given as null counts as empty. A class may map keys of older
+    configs to today's in `RENAMED` (old key -> function of its value -> {key: value})."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -364,7 +369,14 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
+    renamed = getattr(cls, "RENAMED", {})
     for key, value in raw.items():
+        if isinstance(key, str) and key in renamed and key not in names:
+            # a key of older configs (and checkpoints): its value in today's keys, unless given
+            for new_key, new_value in renamed[key](value).items():
+                if new_key not in raw:
+                    kwargs[new_key] = new_value
+            continue
         if not isinstance(key, str) or key not in names:
             raise _unknown_key(cls, key, prefix)
         path = f"{prefix}.{key}" if prefix else key

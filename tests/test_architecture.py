@@ -28,7 +28,8 @@ def _is_type_checking(node: ast.If) -> bool:
 # Bottom to top; a package may import from its own package and from lower layers only.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sparse_ops",),                                    # kernels, formats, DynSp (no bert_ipu)
-    ("bert_ipu", "bert_ipu.schema", "bert_ipu.fsutil", "bert_ipu.userfiles", "bert_ipu.cliutil"),
+    ("bert_ipu", "bert_ipu.schema", "bert_ipu.fsutil", "bert_ipu.userfiles", "bert_ipu.cliutil",
+     "bert_ipu.trackers"),
     ("bert_ipu.data",),                                 # corpora, tokenizer, masking, cache
     ("bert_ipu.model",),                                # BERT, sizes, the HF mapping
     ("bert_ipu.devices",),                              # hardware facts (no step runners)

@@ -19,6 +19,7 @@ from bert_ipu.devices import device_kinds
 from bert_ipu.devices.pipeline import PIPELINE_SCHEDULES
 from bert_ipu.model.sizes import MODEL_SIZES
 from bert_ipu.devices.base import PRECISIONS
+from bert_ipu.trackers import TRACKERS
 from sparse_ops.dynsp.distribution import DISTRIBUTIONS
 from sparse_ops.dynsp.settings import DynSpSettings, SettingsError
 from sparse_ops.format import VALID_BLOCK_SIZES
@@ -315,14 +316,24 @@ class LoggingConfig:
     """Metrics, evaluation and console output."""
 
     SECTION: ClassVar[str] = "logging"
+    RENAMED: ClassVar[dict] = {"tensorboard": lambda on: {"trackers": ["tensorboard"] if on else []}}
     log_steps: int = 10
     """Write a metrics.jsonl line every N optimizer steps."""
     eval_steps: int = 1000
     """Evaluate on the held-out split every N steps (0: only at the end)."""
     eval_batches: int | None = None
     """Held-out batches per evaluation (null: the whole split)."""
-    tensorboard: bool = True
-    """Also write TensorBoard events to <output_dir>/tensorboard (installed by the set-up command)."""
+    trackers: tuple[str, ...] = field(default=("tensorboard",), metadata=choices(lambda: TRACKERS))
+    """Experiment trackers that get every metric and the config: tensorboard (events in
+    <output_dir>/tensorboard), wandb (offline unless WANDB_MODE is set), mlflow (a file
+    store unless MLFLOW_TRACKING_URI is set), csv (<output_dir>/metrics.csv); [] for none."""
+    tracker_project: str = "dynsp-bert"
+    """wandb project; the MLflow experiment when tracker_group is null."""
+    tracker_group: str | None = None
+    """Runs reported together: the wandb group and the MLflow experiment (a sweep sets its name)."""
+    tracker_dir: str | None = None
+    """Where wandb's offline files and MLflow's file store go (null: the output folder; a
+    sweep sets its output_root, so its runs share one store)."""
     progress_bar: bool = True
     """Show a progress bar with loss, sequences/s and ETA."""
 

@@ -75,12 +75,14 @@ def _string_list(value: Any, where: str) -> list[str]:
 
 
 def _named(stem: str, root: str, index: int, seed: int | None, overrides: list[str]) -> list[str]:
-    """Give a run its own name and output_dir unless its overrides set them."""
+    """Give a run its own name and output_dir unless its overrides set them; its trackers
+    group the sweep's runs (logging.tracker_group = the sweep file's stem, tracker_dir =
+    output_root: one wandb group, one MLflow experiment and store) unless set."""
     keys = {o.partition("=")[0].strip() for o in overrides}
     tag = f"{index:03d}" + ("" if seed is None else f"_s{seed}")
-    extra = [] if "name" in keys else [f"name={stem}_{tag}"]
-    extra += [] if "output_dir" in keys else [f"output_dir={root}/{tag}"]
-    return overrides + extra
+    defaults = {"name": f"{stem}_{tag}", "output_dir": f"{root}/{tag}",
+                "logging.tracker_group": stem, "logging.tracker_dir": root}
+    return overrides + [f"{k}={v}" for k, v in defaults.items() if k not in keys]
 
 
 def _table_points(raw: dict, key: str, path: Path, product: bool) -> list[list[str]]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from bert_ipu.config import Config
+from bert_ipu.config import Config, config_to_dict
 from bert_ipu.devices import distributed as D
 from bert_ipu.store import checkpoint as ck
 from bert_ipu.train import outputs as run_io
@@ -36,6 +36,7 @@ from bert_ipu.train.metrics import MetricsWriter, Progress, Throughput, format_s
 from bert_ipu.train.signals import StopRequest, TrainingInterrupted
 from bert_ipu.train.state import TrainState
 from bert_ipu.train.step import LOSS_KEYS, StepResult, poll_stop_hook
+from bert_ipu.trackers import Tracker, TrackerRun, check_trackers, flatten, open_trackers
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,6 +77,7 @@ def train(cfg: Config, hooks: TrainerHooks | None = None, log: Callable[[str], N
           resume_command: str | None = None) -> dict[str, Any]:
     """Train per `cfg`; returns the summary. Raises TrainingInterrupted after a
     signal (checkpoint saved), NonFiniteLossError, and the config/data/checkpoint errors."""
+    check_trackers(cfg.logging.trackers)  # a missing package, before any work
     out = run_io.prepare_outputs(cfg, resume_command)  # locks output_dir
     # Signals stop set-up (data preparation can take minutes) at once, the loop at the
     # next safe point: the handlers are installed before anything is prepared.
@@ -122,7 +124,7 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
     resumed = run_io.maybe_resume(c, state, out, log)
     run_io.write_config(c.cfg, out, c.tokenizer)
     main = c.dist.is_main
-    metrics = MetricsWriter(out.output_dir, main, c.cfg.logging.tensorboard)
+    metrics = MetricsWriter(out.output_dir, main, open_run_trackers(c.cfg, out) if main else [])
     # Records past the resumed step come from the interrupted run and are logged again;
     # a fresh start keeps none of an earlier run's records.
     metrics.truncate_after(state.step if resumed is not None else -1)
@@ -132,6 +134,15 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
     if resumed is not None and state.eval_pending:
         redo_pending_eval(run)
     return run
+
+
+def open_run_trackers(cfg: Config, out: run_io.RunOutputs) -> list[Tracker]:
+    """The trackers of logging.trackers for this run, its config as hyper-parameters."""
+    lg = cfg.logging
+    return open_trackers(lg.trackers, TrackerRun(
+        output_dir=out.output_dir, name=cfg.name, project=lg.tracker_project,
+        group=lg.tracker_group, directory=Path(lg.tracker_dir) if lg.tracker_dir else None,
+        params=flatten(config_to_dict(cfg))))
 
 
 def redo_pending_eval(run: Run) -> None:

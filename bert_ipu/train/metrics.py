@@ -1,6 +1,6 @@
 """Run outputs: `metrics.jsonl` (training rows and evaluations), `dynsp_updates.jsonl` and
-`dynsp_layers.jsonl` (pattern updates: pooled and per layer), optional TensorBoard, a
-tqdm progress bar, JSON files.
+`dynsp_layers.jsonl` (pattern updates: pooled and per layer), the experiment trackers of
+`logging.trackers`, a tqdm progress bar, JSON files.
 
 Every writer is a no-op on non-zero ranks (`enabled=False`), so the trainer calls
 them unconditionally.
@@ -14,9 +14,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from bert_ipu.fsutil import naming
+from bert_ipu.trackers import Tracker
 from bert_ipu.store.jsonl import LAYER_FILE, METRICS_FILE, UPDATES_FILE, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -48,23 +49,11 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         os.replace(tmp, path)
 
 
-def _open_tensorboard(folder: Path) -> Any:
-    """A SummaryWriter on `folder`, or None (with one log line) when tensorboard is not
-    installed or cannot be imported: it is optional, metrics.jsonl has everything."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install
-        log.info("logging.tensorboard: tensorboard is not available (%s: %s); metrics go to "
-                 "metrics.jsonl only", type(exc).__name__, exc)
-        return None
-    return SummaryWriter(log_dir=str(folder))
-
-
 DYNSP_KEYS = ("update_index", "prune_ratio", "update_time_s", "dof_mean",
               "removed_new_fraction")
 
 
-def tensorboard_tag(key: str) -> str:
+def tracker_name(key: str) -> str:
     """Grouped TensorBoard tag: `eval/` held-out, `dynsp_layers/` per layer (keys with a
     `/`), `dynsp/` pattern updates, `train/` everything else."""
     if key.startswith("eval_"):
@@ -90,15 +79,16 @@ class MetricsWriter:
     (`log_update`) goes to its own files: the pooled metrics with the step to
     `dynsp_updates.jsonl`, the per-layer ones (keys `dof/NAME`, `density/NAME`, ...) to
     `dynsp_layers.jsonl`, so that the training curve has one row per logging interval.
-    TensorBoard gets every numeric value under a grouped tag (`tensorboard_tag`)."""
+    The trackers (bert_ipu/trackers.py) get every numeric value under a grouped name
+    (`tracker_name`)."""
 
-    def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: Path, enabled: bool = True,
+                 trackers: Sequence[Tracker] = ()) -> None:
         self.path = Path(output_dir) / METRICS_FILE
         self.updates_path = Path(output_dir) / UPDATES_FILE
         self.layers_path = Path(output_dir) / LAYER_FILE
         self.enabled = enabled
-        self._tb = _open_tensorboard(Path(output_dir) / "tensorboard") if (
-            enabled and tensorboard) else None
+        self.trackers = list(trackers) if enabled else []
         self._handles: dict[Path, Any] = {}
 
     def truncate_after(self, step: int) -> None:
@@ -107,6 +97,8 @@ class MetricsWriter:
         if self.enabled:
             for path in (self.path, self.updates_path, self.layers_path):
                 _truncate_jsonl(path, step)
+            for tracker in self.trackers:
+                tracker.truncate_after(step)
 
     def amend(self, step: int, values: Mapping[str, Any]) -> None:
         """Add `values` to the last record of `step` (appended as its own record when there
@@ -127,10 +119,7 @@ class MetricsWriter:
         with naming(self.path, cleanup=tmp):
             tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
             os.replace(tmp, self.path)
-        if self._tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self._tb.add_scalar(tensorboard_tag(key), value, step)
+        self._scalars({"step": step, **values})
 
     def _append(self, path: Path, record: Mapping[str, Any]) -> None:
         with naming(path):
@@ -157,11 +146,12 @@ class MetricsWriter:
         self._scalars(record)
 
     def _scalars(self, record: Mapping[str, Any]) -> None:
-        if self._tb is not None:
-            step = int(record["step"])
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(tensorboard_tag(key), value, step)
+        """Every numeric value of `record` to every tracker, under its grouped name."""
+        values = {tracker_name(k): float(v) for k, v in record.items() if k != "step" and
+                  isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if values:
+            for tracker in self.trackers:
+                tracker.log(int(record["step"]), values)
 
     def close(self) -> None:
         handles, self._handles = self._handles, {}
@@ -170,9 +160,9 @@ class MetricsWriter:
                 handle.close()
             except OSError:  # the write that failed was already reported by log()
                 pass
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
 
 class Progress:

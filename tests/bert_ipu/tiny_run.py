@@ -46,7 +46,7 @@ def tiny_overrides(corpus: Path, out: Path, cache: Path, **extra: Any) -> list[s
         "training.lr_warmup": 2, "training.precision": "fp32", "training.device": "cpu",
         "checkpoint.checkpoint_steps": 4, "checkpoint.keep_last": 10,
         "logging.log_steps": 1, "logging.eval_steps": 6, "logging.eval_batches": 2,
-        "logging.progress_bar": False, "logging.tensorboard": False,
+        "logging.progress_bar": False, "logging.trackers": [],
     }
     values.update(extra)
     return [f"{k}={json.dumps(v)}" for k, v in values.items()]

@@ -52,7 +52,7 @@ LAYER_TYPES: dict[str, str] = {
     "value": "attention.self.value", "attention_output": "attention.output.dense",
     "ffn_up": "intermediate.dense", "ffn_down": "output.dense",
 }
-QUIET = ("logging.progress_bar=false", "logging.tensorboard=false")
+QUIET = ("logging.progress_bar=false", "logging.trackers=[]")
 
 
 def _quiet(_: str) -> None:

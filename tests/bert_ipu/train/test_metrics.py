@@ -1,8 +1,7 @@
-"""Run outputs: TensorBoard when installed (absent: clean fallback), the progress bar."""
+"""Run outputs: metrics files, the values the trackers get, the progress bar."""
 from __future__ import annotations
 
 import io
-import logging
 import re
 import sys
 import types
@@ -25,6 +24,9 @@ class FakeSummaryWriter:
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.scalars.append((tag, value, step))
 
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self.text = text
+
     def close(self) -> None:
         self.closed = True
 
@@ -38,36 +40,42 @@ def fake_tensorboard(monkeypatch):
     return FakeSummaryWriter.instances
 
 
-def test_without_tensorboard_metrics_still_go_to_jsonl(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    with caplog.at_level(logging.INFO, logger="bert_ipu.train.metrics"):
-        writer = MetricsWriter(tmp_path, tensorboard=True)
-    writer.log({"step": 1, "loss": 2.0})
-    writer.close()
-    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 2.0}]
-    assert not (tmp_path / "tensorboard").exists()
-    assert "tensorboard is not available" in caplog.text
+class Recorder:
+    """A tracker that records what it is given."""
+
+    def __init__(self) -> None:
+        self.logged, self.truncated, self.closed = [], [], False
+
+    def log(self, step, values):
+        self.logged.append((step, dict(values)))
+
+    def truncate_after(self, step):
+        self.truncated.append(step)
+
+    def close(self):
+        self.closed = True
 
 
-def test_tensorboard_gets_every_numeric_field(tmp_path, fake_tensorboard):
-    writer = MetricsWriter(tmp_path, tensorboard=True)
+def test_trackers_get_every_numeric_field_under_grouped_names(tmp_path):
+    rec = Recorder()
+    writer = MetricsWriter(tmp_path, trackers=[rec])
     writer.log({"step": 3, "loss": 1.5, "grad_norm": float("nan"), "note": "x",
-                "eval_mlm_loss": None})
-    writer.log_update({"step": 3, "dof/encoder.layer.0": 0.25})
+                "eval_mlm_loss": None, "eval_nsp_loss": 0.5})
+    writer.log_update({"step": 3, "update_index": 0, "dof/encoder.layer.0": 0.25})
+    writer.truncate_after(2)
     writer.close()
-    (tb,) = fake_tensorboard
-    assert tb.log_dir == str(tmp_path / "tensorboard") and tb.closed
-    assert [(t, s) for t, _, s in tb.scalars] == [("train/loss", 3), ("train/grad_norm", 3),
-                                                 ("dynsp_layers/dof/encoder.layer.0", 3)]
-    assert MetricsWriter(tmp_path, enabled=False, tensorboard=True)._tb is None  # rank > 0
-    assert len(fake_tensorboard) == 1
+    assert rec.logged[0][0] == 3 and list(rec.logged[0][1]) == [
+        "train/loss", "train/grad_norm", "eval/nsp_loss"]
+    assert rec.logged[1] == (3, {"dynsp/update_index": 0.0, "dynsp_layers/dof/encoder.layer.0": 0.25})
+    assert rec.truncated == [2] and rec.closed
+    assert MetricsWriter(tmp_path, enabled=False, trackers=[rec]).trackers == []  # rank > 0
 
 
 @pytest.mark.usefixtures("one_thread")
 def test_the_trainer_writes_tensorboard_scalars_when_installed(tiny_data, tmp_path,
                                                                fake_tensorboard):
     corpus, cache = tiny_data
-    run_tiny(corpus, tmp_path / "run", cache, **{"logging.tensorboard": True,
+    run_tiny(corpus, tmp_path / "run", cache, **{"logging.trackers": ["tensorboard"],
                                                  "training.training_steps": 3,
                                                  "sparsity.n_updates": 1})
     (tb,) = fake_tensorboard
@@ -193,10 +201,12 @@ def test_tensorboard_is_installed_and_on_by_default(tmp_path):
     """Issue 22: TensorBoard was not installed and a run with logging.tensorboard=true
     fell back to metrics.jsonl only; it is installed by the set-up command and on by default."""
     from bert_ipu.config import load_config
+    from bert_ipu.trackers import TrackerRun, open_trackers
 
-    assert load_config(None, []).logging.tensorboard is True
-    writer = MetricsWriter(tmp_path, tensorboard=True)
+    assert load_config(None, []).logging.trackers == ("tensorboard",)
+    trackers = open_trackers(("tensorboard",), TrackerRun(tmp_path, "t", "p"))
+    writer = MetricsWriter(tmp_path, trackers=trackers)
     writer.log({"step": 1, "loss": 2.5, "eval_mlm_loss": 3.0})
     writer.close()
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 0
+    assert events[0].stat().st_size > 0

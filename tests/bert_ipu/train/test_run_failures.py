@@ -155,7 +155,7 @@ def test_disk_full_while_writing_metrics_names_the_file(tmp_path):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
     (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
-    writer = MetricsWriter(tmp_path, tensorboard=False)
+    writer = MetricsWriter(tmp_path)
     with pytest.raises(OSError) as info:
         writer.log({"step": 1, "loss": 1.0})
     writer.close()

@@ -160,13 +160,13 @@ def test_tiny_run_on_cuda_with_auto_precision(tiny_data, tmp_path):
 def test_metrics_writer_truncates_on_resume_and_skips_a_torn_line(tmp_path):
     from bert_ipu.train.metrics import MetricsWriter, read_jsonl
 
-    writer = MetricsWriter(tmp_path, tensorboard=False)
+    writer = MetricsWriter(tmp_path)
     for step in range(1, 6):
         writer.log({"step": step, "loss": float(step), "grad_norm": math.nan})
     writer.close()
     with open(tmp_path / "metrics.jsonl", "a") as handle:
         handle.write('{"step": 6, "lo')  # a kill in the middle of a line
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
-    MetricsWriter(tmp_path, tensorboard=False).truncate_after(3)
+    MetricsWriter(tmp_path).truncate_after(3)
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3] and records[0]["grad_norm"] is None
