@@ -45,6 +45,7 @@ class HFSource:
     split: str
     text_column: str
     data_files: tuple[str, ...] = ()
+    streaming: bool = False
 
 
 def _seed(v: int) -> bool:
@@ -89,6 +90,11 @@ class DataConfig:
     """source=hf: column holding the document text: one for all, or one per hf_path."""
     hf_data_files: tuple[str, ...] = ()
     """source=hf: data files for a builder such as `text` or `json` (one hf_path only)."""
+    hf_streaming: bool = False
+    """source=hf: read the datasets as a stream (`datasets` streaming=True): preparation
+    starts at once, nothing is downloaded or converted first; with data.max_documents,
+    only that many documents are read. A streamed hub dataset is identified in the cache
+    key by its name, configuration and split (no fingerprint exists)."""
     vocab_file: str | None = None
     """WordPiece vocab.txt to use; null trains a vocabulary of `vocab_size` on the corpus."""
     vocab_size: int = 30522
@@ -115,6 +121,9 @@ class DataConfig:
     """Check the sha256 of every cache file when loading (else sizes and structure only)."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    num_proc: int = 1
+    """Processes that prepare the data (tokenize and pair shards of shard_documents
+    documents); the prepared data is the same for any number."""
     seed: int | None = None
     """Seed of pairing, held-out selection, fixed eval masks and dynamic masks (null: the
     run's training.seed; 0 when the data pipeline is used on its own)."""
@@ -135,6 +144,7 @@ class DataConfig:
             "shard_documents": (lambda v: v >= 2, "an integer >= 2"),
             "seed": (_seed, "an integer in [0, 2**63 - 1] or null"),
             "num_workers": (nonneg, "an integer >= 0"),
+            "num_proc": (pos, "an integer > 0"),
         })
         need(self.source != "files" or len(self.input_files) > 0, "data.input_files",
              "at least one file, glob or folder with data.source='files'", self.input_files)
@@ -167,5 +177,6 @@ class DataConfig:
             return values * n if len(values) == 1 else values
 
         names = self.hf_name or (None,) * n
-        return tuple(HFSource(p, nm, sp, col, self.hf_data_files) for p, nm, sp, col in zip(
+        return tuple(HFSource(p, nm, sp, col, self.hf_data_files, self.hf_streaming)
+                     for p, nm, sp, col in zip(
             self.hf_path, names, each(self.hf_split), each(self.hf_text_column)))

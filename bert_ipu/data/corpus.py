@@ -95,8 +95,9 @@ def resolve_input_files(patterns: tuple[str, ...]) -> list[Path]:
             found = [p for p in found if p.is_file()]
             what = "glob matches no file"
         elif Path(expanded).is_dir():
-            found = sorted(p for p in Path(expanded).rglob("*")
-                           if p.is_file() and not any(s.startswith(".") for s in p.parts))
+            root = Path(expanded)  # hidden files and folders below it are left out
+            found = sorted(p for p in root.rglob("*") if p.is_file() and not any(
+                s.startswith(".") for s in p.relative_to(root).parts))
             what = "folder holds no file"
         else:
             found = [Path(expanded)] if Path(expanded).is_file() else []

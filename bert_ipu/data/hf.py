@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from bert_ipu.data.cache import file_sha256
 from bert_ipu.data.config import DataError, DataConfig, HFSource
 from bert_ipu.data.text import iter_documents, sentences_of
 
@@ -42,7 +43,11 @@ def load_hf_dataset(src: HFSource, field: str = "hf_path") -> Any:
                 ds = ds[src.split]
             return ds
         files = list(src.data_files) or None
-        return datasets.load_dataset(src.path, src.name, split=src.split, data_files=files)
+        ds = datasets.load_dataset(src.path, src.name, split=src.split, data_files=files,
+                                   streaming=src.streaming)
+        if src.streaming:  # an unreachable or unreadable stream fails here, not mid-run
+            next(iter(ds.take(1)), None)
+        return ds
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets raises many types; name the input
@@ -56,19 +61,29 @@ class HFCorpus:
     def __init__(self, src: HFSource, layout: str, log: Log = print, index: str = "") -> None:
         self.src, self.layout, self.log = src, layout, log
         self.ds = load_hf_dataset(src, f"hf_path{index}")
-        if src.text_column not in self.ds.column_names:
+        self.streamed = not hasattr(self.ds, "__len__")
+        columns = self.ds.column_names
+        if columns is None:  # a stream of unknown features: the first row's keys
+            columns = list(next(iter(self.ds.take(1)), {}))
+        if src.text_column not in columns:
             raise DataError(f"data.hf_text_column{index}: expected one of "
-                            f"{self.ds.column_names} in {src.path!r}, got {src.text_column!r}")
+                            f"{columns} in {src.path!r}, got {src.text_column!r}")
         self.non_text_rows, self._reported = 0, False
+        rows = "streamed" if self.streamed else f"{len(self.ds)} rows"
         self.description = (f"Hugging Face dataset {src.path!r} ({src.name}, split "
-                            f"{src.split}, {len(self.ds)} rows)")
+                            f"{src.split}, {rows})")
 
     def identity(self) -> dict[str, Any]:
         s = self.src
-        return {"source": "hf", "path": s.path, "name": s.name, "split": s.split,
-                "column": s.text_column, "data_files": list(s.data_files),
-                "format": self.layout, "rows": len(self.ds),
-                "fingerprint": getattr(self.ds, "_fingerprint", None)}
+        out = {"source": "hf", "path": s.path, "name": s.name, "split": s.split,
+               "column": s.text_column, "data_files": list(s.data_files),
+               "format": self.layout}
+        if not self.streamed:
+            return out | {"rows": len(self.ds), "fingerprint": getattr(self.ds, "_fingerprint", None)}
+        # a stream has no fingerprint: local data files are identified by their content
+        files = [Path(os.path.expanduser(f)) for f in s.data_files]
+        return out | {"streaming": True, "files_sha256": [
+            file_sha256(f) if f.is_file() else None for f in files]}
 
     def _rows(self) -> Iterator[str]:
         self.non_text_rows = 0

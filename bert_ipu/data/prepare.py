@@ -11,12 +11,17 @@ once from the seed and stored.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import math
+import multiprocessing
 import os
 import random
 import shutil
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -36,7 +41,7 @@ from bert_ipu.data.tokenizer import (
 Log = Callable[[str], None]
 HOLDOUT_STREAM = 3
 SPLITS = ("train", "eval")
-_NOT_IN_KEY = ("cache_dir", "verify_checksums", "num_workers")
+_NOT_IN_KEY = ("cache_dir", "verify_checksums", "num_workers", "num_proc")
 
 
 def cache_location(spec: DataConfig) -> tuple[str, dict[str, Any]]:
@@ -123,6 +128,10 @@ def _holdout(n: int, fraction: float, seed: int, shard: int) -> np.ndarray:
     return held
 
 
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""tokens, offsets (from 0, with the leading 0), a_len, nsp of one split of one shard."""
+
+
 class _SplitWriter:
     """Appends gathered pairs of one split to its four arrays."""
 
@@ -134,9 +143,8 @@ class _SplitWriter:
                   "nsp": cache.ArrayWriter(folder, f"{split}_nsp", np.uint8)}
         self.w["offsets"].append(np.zeros(1, dtype=np.int64))
 
-    def add(self, docs: TokenizedDocs, spec: DataConfig, rng: random.Random) -> None:
-        tokens, offsets, a_len, nsp = gather_pairs(
-            docs, create_pairs(docs, spec.sequence_length, spec.short_seq_prob, rng))
+    def add(self, pairs: Pairs) -> None:
+        tokens, offsets, a_len, nsp = pairs
         for name, values in (("tokens", tokens), ("offsets", offsets[1:] + self.tokens),
                              ("a_len", a_len), ("nsp", nsp)):
             self.w[name].append(values)
@@ -146,26 +154,99 @@ class _SplitWriter:
         return {f"{self.split}_{n}": w.finish() for n, w in self.w.items()}
 
 
+@dataclass
+class ShardResult:
+    """What one shard adds: the pairs of each split (None: fewer than 2 documents) and
+    its document counts."""
+
+    pairs: dict[str, Pairs | None]
+    documents: int
+    too_short: int
+    unpaired: int
+
+
+_WORKER: dict[str, Any] = {}
+"""The tokenizer of a preparation worker process (set by `_init_worker`)."""
+
+
+def _init_worker(tokens: list[str], lowercase: bool) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the main process's to handle
+    _WORKER["tok"] = load_wordpiece(tokens, lowercase)
+
+
+def process_shard(tok: Any, spec: DataConfig, shard: int, docs: list[list[str]]) -> ShardResult:
+    """Shard `shard` -> its pairs: tokenize, drop documents too short for NSP, hold out,
+    pair each split with its own seeded RNG. Depends only on its arguments, so shards
+    can be processed in any process and in any order."""
+    tdocs, short = _tokenize(tok, docs)
+    held = _holdout(tdocs.num_documents, spec.eval_fraction, spec.seed_value, shard)
+    pairs: dict[str, Pairs | None] = {}
+    unpaired = 0
+    for split, members in (("train", ~held), ("eval", held)):
+        part = tdocs.select(np.flatnonzero(members))
+        if part.num_documents < 2:
+            unpaired += part.num_documents
+            pairs[split] = None
+            continue
+        rng = random.Random(f"{spec.seed_value}/{shard}/{split}")
+        pairs[split] = gather_pairs(part, create_pairs(part, spec.sequence_length,
+                                                       spec.short_seq_prob, rng))
+    return ShardResult(pairs, len(docs), short, unpaired)
+
+
+def _worker_shard(spec: DataConfig, shard: int, docs: list[list[str]]) -> ShardResult:
+    return process_shard(_WORKER["tok"], spec, shard, docs)
+
+
+def shard_results(spec: DataConfig, tokens: list[str], shards: Iterable[list[list[str]]]
+                  ) -> Iterator[ShardResult]:
+    """`process_shard` of every shard, in shard order: in this process with
+    data.num_proc = 1, else in a pool of that many worker processes, at most 2 shards per
+    worker in flight (memory stays bounded). The output is the same for any num_proc.
+
+    Workers are forked where the platform allows (no re-import of the calling script, no
+    start-up cost; each builds its own single-threaded tokenizer), spawned elsewhere."""
+    if spec.num_proc == 1:
+        tok = load_wordpiece(tokens, spec.lowercase)
+        for shard, docs in enumerate(shards):
+            yield process_shard(tok, spec, shard, docs)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # the tokenizers library warns in a forked child when the parent used its threads
+    ours = "TOKENIZERS_PARALLELISM" not in os.environ
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    pool = ProcessPoolExecutor(spec.num_proc, mp_context=multiprocessing.get_context(method),
+                               initializer=_init_worker, initargs=(tokens, spec.lowercase))
+    try:
+        pending: collections.deque = collections.deque()
+        for shard, docs in enumerate(shards):
+            pending.append(pool.submit(_worker_shard, spec, shard, docs))
+            if len(pending) >= 2 * spec.num_proc:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # a stop or an error: the shards not started are dropped, not waited for
+        pool.shutdown(wait=True, cancel_futures=True)
+        if ours:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)   # set here, not by the user
+
+
 def build_cache(spec: DataConfig, corpus: Corpus, folder: Path, log: Log) -> dict[str, Any]:
     """Fill `folder` with vocab.txt and the arrays of both splits; return the meta dict."""
     start = time.perf_counter()
     tokens = _vocabulary(spec, corpus, folder, log)
-    tok = load_wordpiece(tokens, spec.lowercase)
     dtype = np.uint16 if len(tokens) <= 65536 else np.int32
     writers = {s: _SplitWriter(folder, s, dtype) for s in SPLITS}
     counts = {"documents": 0, "too_short": 0, "unpaired": 0}
-    for shard, docs in enumerate(_shards(_limited(corpus.documents(), spec),
-                                         spec.shard_documents)):
-        tdocs, short = _tokenize(tok, docs)
-        counts["documents"] += len(docs)
-        counts["too_short"] += short
-        held = _holdout(tdocs.num_documents, spec.eval_fraction, spec.seed_value, shard)
-        for split, members in (("train", ~held), ("eval", held)):
-            part = tdocs.select(np.flatnonzero(members))
-            if part.num_documents < 2:
-                counts["unpaired"] += part.num_documents
-                continue
-            writers[split].add(part, spec, random.Random(f"{spec.seed_value}/{shard}/{split}"))
+    shards = _shards(_limited(corpus.documents(), spec), spec.shard_documents)
+    for result in shard_results(spec, tokens, shards):
+        counts["documents"] += result.documents
+        counts["too_short"] += result.too_short
+        counts["unpaired"] += result.unpaired
+        for split, pairs in result.pairs.items():
+            if pairs is not None:
+                writers[split].add(pairs)
     _check_counts(spec, corpus, counts, writers)
     arrays = {k: v for w in writers.values() for k, v in w.finish().items()}
     info = tokenizer_info(folder / "vocab.txt", tokens, spec.lowercase)

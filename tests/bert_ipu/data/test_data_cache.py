@@ -148,3 +148,36 @@ def test_meta_records_identity_and_checksums(setup):
     assert set(meta["files"]) == {p.name for p in folder.iterdir()} - {"meta.json"}
     arr = np.load(folder / "train_tokens.npy", mmap_mode="r")
     assert isinstance(arr, np.memmap) and arr.dtype == np.uint16
+
+
+def test_two_preparation_processes_give_the_same_cache(tmp_path, shared_data):
+    """Issue 22: data.num_proc worker processes prepare shards in parallel; the prepared
+    arrays are byte-identical to one process's (and the setting is not in the cache key)."""
+    from dataclasses import replace
+
+    write_corpus(tmp_path / "corpus", n_docs=40)
+    one = DataConfig(source="files", input_files=(str(tmp_path / "corpus"),),
+                     vocab_file=str(shared_data / "vocab/bert-base-uncased-vocab.txt"),
+                     cache_dir=str(tmp_path / "one"), eval_fraction=0.2, shard_documents=6)
+    two = replace(one, cache_dir=str(tmp_path / "two"), num_proc=2)
+    (f1, m1, _), (f2, m2, _) = build(one), build(two)
+    assert snapshot(f1) == snapshot(f2) and f1.name == f2.name
+    assert m1["counts"] == m2["counts"] and m1["counts"]["train_pairs"] > 0
+    assert len(list(prepare._shards(iter([[]] * 40), 6))) == 6  # several shards in flight
+
+
+def _failing_shard(spec, shard, docs):
+    """A worker's shard function that fails (module level: the workers import it)."""
+    if shard == 1:
+        raise DataError(f"data.input_files: shard {shard} could not be prepared")
+    return prepare.process_shard(prepare._WORKER["tok"], spec, shard, docs)
+
+
+def test_a_shard_that_fails_in_a_worker_is_reported_and_leaves_no_cache(setup, monkeypatch):
+    from dataclasses import replace
+
+    spec, tmp_path = setup
+    monkeypatch.setattr(prepare, "_worker_shard", _failing_shard)
+    with pytest.raises(DataError, match="shard 1 could not be prepared"):
+        build(replace(spec, num_proc=2, shard_documents=4))
+    assert not any((tmp_path / "cache").glob("*/meta.json"))

@@ -90,6 +90,18 @@ def test_files_globs_folders_and_formats(tmp_path):
     assert len(everything) == 2 + 2 + 2  # a/one.txt once, though named twice
 
 
+def test_a_folder_named_through_dot_dot_is_read(tmp_path, monkeypatch):
+    """A relative folder such as ../corpus held "no file": the hidden-file rule looked at
+    the '..' of the path itself."""
+    (tmp_path / "corpus" / ".git").mkdir(parents=True)
+    (tmp_path / "corpus" / "a.txt").write_text("One. Two.\n")
+    (tmp_path / "corpus" / ".git" / "HEAD").write_text("ref\n")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    corpus = open_corpus(files_spec("../corpus"))
+    assert [p.name for p in corpus.files] == ["a.txt"]
+
+
 def test_missing_inputs_are_named(tmp_path):
     with pytest.raises(DataError, match=r"input_files: '.*nothere\.txt': file does not exist"):
         open_corpus(files_spec(str(tmp_path / "nothere.txt")))
@@ -189,6 +201,46 @@ def test_hf_builder_with_local_data_files(hf_cache):
     spec = DataConfig(source="hf", hf_path="text", hf_data_files=(str(lines),),
                     format="blank_line")
     assert list(open_corpus(spec).documents()) == [["A one.", "A two."], ["B one.", "B two."]]
+
+
+def test_hf_streaming_prepares_the_same_data_without_loading_the_dataset(hf_cache, shared_data,
+                                                                        monkeypatch):
+    """Issue 22: data.hf_streaming reads the rows as a stream (no Arrow conversion of the
+    whole dataset first); the prepared arrays equal the non-streamed preparation."""
+    from bert_ipu.data.prepare import prepare_data
+
+    path = hf_cache / "docs.jsonl"
+    sentences = ["The river runs far.", "A stone lies still.", "Light falls in.",
+                 "Music plays on.", "Paper burns fast."]
+    path.write_text("".join(json.dumps({"text": " ".join(sentences[i % 5:] + sentences[:i % 5])}) + "\n"
+                            for i in range(30)))
+    common = dict(source="hf", hf_path="json", hf_data_files=(str(path),), eval_fraction=0.2,
+                  vocab_file=str(shared_data / "vocab/bert-base-uncased-vocab.txt"))
+    streamed = DataConfig(**common, hf_streaming=True, cache_dir=str(hf_cache / "s"))
+    corpus = open_corpus(streamed)
+    assert corpus.streamed and "streamed" in corpus.description
+    assert corpus.identity()["streaming"] and corpus.identity()["files_sha256"][0]
+    folder_s, meta_s = prepare_data(streamed, lambda m: None)
+    folder_a, meta_a = prepare_data(DataConfig(**common, cache_dir=str(hf_cache / "a")),
+                                    lambda m: None)
+    assert meta_s["counts"] == meta_a["counts"] and meta_s["counts"]["documents"] == 30
+    for name in ("train_tokens", "train_offsets", "eval_tokens", "eval_mask_positions"):
+        assert (folder_s / f"{name}.npy").read_bytes() == (folder_a / f"{name}.npy").read_bytes()
+    # a file that changes changes the key of a stream too
+    before = corpus.identity()
+    path.write_text(path.read_text() + json.dumps({"text": "More text. And more."}) + "\n")
+    assert open_corpus(streamed).identity() != before
+
+
+def test_hf_unreachable_stream_is_one_error_naming_the_dataset(hf_cache, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"data.hf_path: could not load the dataset \(hf_path='no-user/no-such-dataset'"):
+        open_corpus(DataConfig(source="hf", hf_path="no-user/no-such-dataset", hf_streaming=True))
+    with pytest.raises(DataError, match="hf_text_column: expected one of.*got 'body'"):
+        path = hf_cache / "t.jsonl"
+        path.write_text(json.dumps({"text": "A. B."}) + "\n")
+        open_corpus(DataConfig(source="hf", hf_path="json", hf_data_files=(str(path),),
+                               hf_streaming=True, hf_text_column="body"))
 
 
 def test_hf_unloadable_dataset_is_named(hf_cache):

@@ -56,7 +56,7 @@ def test_documents_of_both_datasets_in_order_with_their_own_split_and_column(two
 def test_each_dataset_gets_its_own_name(monkeypatch):
     calls = []
 
-    def fake_load(path, name=None, split=None, data_files=None):
+    def fake_load(path, name=None, split=None, data_files=None, streaming=False):
         calls.append((path, name, split))
         return datasets.Dataset.from_dict({"text": [f"From {path}. Second sentence."]})
 
