@@ -29,9 +29,11 @@ pretrain: $(STAMP)
 	$(PY) -m bert_ipu.pretrain --config $(CONFIG) $(ARGS)
 
 # After `make pretrain`: export runs/demo, fine-tune pre-trained vs randomly initialised
-# on the offline docstring-topic task (bert_ipu/finetune/demo.py); results in runs/demo/finetune.
+# on the offline docstring-topic task (bert_ipu/finetune/demo.py); results in RUN/finetune
+# (RUN=runs/demo unless given: make finetune RUN=runs/other).
+RUN ?= runs/demo
 finetune: $(STAMP)
-	$(PY) -m bert_ipu.finetune.demo --run runs/demo --out runs/demo/finetune $(ARGS)
+	$(PY) -m bert_ipu.finetune.demo --run $(RUN) --out $(RUN)/finetune $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs -m "not slow and not kernels" $(ARGS)

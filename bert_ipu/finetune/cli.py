@@ -2,8 +2,11 @@
 
 TASK is a folder holding train.{tsv,csv,json,jsonl} and dev/validation/test.* (GLUE's
 folders work as-is), or `hf:NAME[:CONFIG]` for a `datasets` dataset in the local cache;
---train / --eval name the files directly. Results (every evaluation and the final one:
-loss, accuracy, F1, Matthews correlation) are printed and written as JSON (--output).
+--train / --eval name the files directly. Classification (integer or string labels) or
+regression (numbers with fractions, e.g. STS-B), on the `transformers` Trainer. Results
+(every evaluation and the final one: loss, accuracy, F1, Matthews correlation; Pearson,
+Spearman, MSE) are printed and written as JSON (--output); --save keeps the fine-tuned
+model.
 
 Exit codes: 0 done; 2 bad input (one line naming the file, column or argument).
 """
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,7 +21,8 @@ from typing import Sequence
 
 from bert_ipu.cliutil import Parser
 from bert_ipu.finetune.data import TaskError, load_task
-from bert_ipu.finetune.trainer import FinetuneSettings, finetune
+from bert_ipu.finetune.trainer import FinetuneSettings, finetune, settings_from
+from bert_ipu.schema import ConfigError
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -41,29 +44,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  "weight_decay", "eval_steps"):
         value = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--keep-sparsity", action="store_true",
                    help="keep the pre-trained block-sparsity (needs an export with --sparse)")
     p.add_argument("--random-init", action="store_true",
                    help="same architecture, random weights (a baseline)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (step lines only)")
+    p.add_argument("--save", help="folder for the fine-tuned model (save_pretrained form)")
     p.add_argument("--output", help="results JSON file")
     return p.parse_args(argv)
 
 
 def _settings(args: argparse.Namespace) -> FinetuneSettings:
-    fields = FinetuneSettings.__dataclass_fields__
-    s = FinetuneSettings(**{k: getattr(args, k) for k in fields})
-    for name in ("epochs", "learning_rate", "batch_size", "max_length"):
-        value = getattr(s, name)
-        if not (value > 0 and math.isfinite(value)):
-            raise TaskError(f"--{name.replace('_', '-')}: expected a finite number > 0, got {value}")
-    for name in ("warmup", "weight_decay"):
-        value = getattr(s, name)
-        if not (0 <= value and math.isfinite(value)) or (name == "warmup" and value > 1):
-            raise TaskError(f"--{name.replace('_', '-')}: expected "
-                            f"{'a fraction in [0, 1]' if name == 'warmup' else 'a finite number >= 0'}, got {value}")
-    if s.eval_steps < 0:
-        raise TaskError(f"--eval-steps: expected an integer >= 0, got {s.eval_steps}")
-    return s
+    """The settings of the command line; a bad value is one TaskError naming its flag."""
+    try:
+        return settings_from(vars(args))
+    except ConfigError as exc:
+        flag = "--" + str(exc.path).removeprefix("finetune.").replace("_", "-")
+        raise TaskError(f"{flag}: expected {exc.expected}, got {exc.value!r}") from None
 
 
 def _check_output(output: str | None) -> Path | None:
@@ -117,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cols = args.text_columns.split(",") if args.text_columns else None
         task = load_task(args.task, args.train, args.eval, cols, args.label_column,
                          not args.no_header, tuple(args.splits.split(",")))
-        results = finetune(args.model, task, settings)
+        results = finetune(args.model, task, settings, save_dir=args.save)
         if output is not None:
             _write_results(output, json.dumps(results, indent=1))
     except (TaskError, HubError, OSError) as exc:

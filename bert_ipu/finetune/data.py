@@ -1,18 +1,21 @@
-"""Classification examples from local CSV / TSV / JSON / JSON-lines files or a Hugging
-Face `datasets` dataset: single sentences or sentence pairs with a label.
+"""Classification and regression examples from local CSV / TSV / JSON / JSON-lines files or
+a Hugging Face `datasets` dataset: single sentences or sentence pairs with a label.
 
     task = load_task("glue_data/SST-2")                  # train.tsv + dev.tsv, GLUE as-is
     task = load_task("hf:nyu-mll/glue:sst2")             # datasets (local cache only)
     task.train.texts_a, task.train.texts_b, task.train.labels, task.label_names
 
-Labels are integers or strings; strings are numbered in sorted order, integers keep
-their meaning (their sorted distinct values are numbered). Anything else (fractions,
-lists, empty cells) is refused with a `TaskError` naming the file, row and column.
+Labels are integers or strings (classification: strings are numbered in sorted order,
+integers keep their meaning, their sorted distinct values are numbered), or numbers with
+fractions (regression, e.g. STS-B's similarity scores: `Task.kind == "regression"`, the
+labels kept as floats). Anything else (lists, empty cells, a mix) is refused with a
+`TaskError` naming the file, row and column.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,7 +41,7 @@ class Split:
 
     texts_a: list[str]
     texts_b: list[str] | None
-    labels: list[int]
+    labels: list[int] | list[float]
 
 
 @dataclass
@@ -47,6 +50,9 @@ class Task:
     train: Split
     eval: Split
     label_names: list[str]
+    """Classification: the class names; regression: empty."""
+    kind: str = "classification"
+    """classification or regression."""
 
 
 def read_rows(path: Path, header: bool = True) -> list[dict[str, Any]]:
@@ -88,23 +94,23 @@ def pick_columns(columns: Sequence[str], text: Sequence[str] | None, label: str 
     return list(text), label
 
 
-def _label_value(value: Any, where: str, row: int, column: str) -> int | str:
-    """An integer or a non-empty string label; TaskError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TaskError(f"{where}: row {row}, column {column!r}: expected an integer or string "
+def _label_value(value: Any, where: str, row: int, column: str) -> int | float | str:
+    """An integer, a finite number or a non-empty string label; TaskError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TaskError(f"{where}: row {row}, column {column!r}: expected a number or string "
                         f"label, got {value!r}")
     if isinstance(value, str):
         value = value.strip()
         if not value:
             raise TaskError(f"{where}: row {row}, column {column!r}: empty label")
         try:
-            float(value)
+            number = float(value)
         except ValueError:
             return value
-        if not value.lstrip("-").isdigit():
-            raise TaskError(f"{where}: row {row}, column {column!r}: expected an integer or "
-                            f"string label, got the number {value!r} (regression is not supported)")
-        return int(value)
+        value = int(value) if value.lstrip("-").isdigit() else number
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TaskError(f"{where}: row {row}, column {column!r}: expected a finite number, "
+                        f"got {value!r}")
     return value
 
 
@@ -157,9 +163,16 @@ def _hf_rows(spec: str, split: str) -> list[dict[str, Any]]:
     return [dict(r) for r in data]
 
 
-def number_labels(*splits: list[int | str], where: str) -> tuple[list[list[int]], list[str]]:
-    """Raw labels of every split -> ids (sorted distinct values) and the label names."""
+def number_labels(*splits: list[int | float | str], where: str
+                  ) -> tuple[list[list[int]] | list[list[float]], list[str], str]:
+    """Raw labels of every split -> (ids or values per split, label names, kind): numbers
+    with a fraction anywhere make a regression task (values as floats, no names); else
+    classification (ids of the sorted distinct values)."""
     values = {v for split in splits for v in split}
+    if any(isinstance(v, float) for v in values):
+        if any(isinstance(v, str) for v in values):
+            raise TaskError(f"{where}: labels mix numbers and strings: {sorted(map(str, values))[:6]}")
+        return [[float(v) for v in split] for split in splits], [], "regression"
     if len({type(v) for v in values}) > 1:
         raise TaskError(f"{where}: labels mix integers and strings: {sorted(map(str, values))[:6]}")
     if len(values) < 2:
@@ -172,7 +185,7 @@ def number_labels(*splits: list[int | str], where: str) -> tuple[list[list[int]]
                             "column and the files)")
     ordered = sorted(values)
     ids = {v: i for i, v in enumerate(ordered)}
-    return [[ids[v] for v in split] for split in splits], [str(v) for v in ordered]
+    return [[ids[v] for v in split] for split in splits], [str(v) for v in ordered], "classification"
 
 
 def load_task(task: str, train: str | None = None, eval_file: str | None = None,
@@ -197,7 +210,7 @@ def load_task(task: str, train: str | None = None, eval_file: str | None = None,
             raise TaskError(f"{w}: no examples")
         text, label = pick_columns(list(rows[0]), text_columns, label_column, w)
         parts.append(to_split(rows, text, label, w))
-    (y_train, y_eval), names = number_labels(parts[0][2], parts[1][2], where=where[0])
+    (y_train, y_eval), names, kind = number_labels(parts[0][2], parts[1][2], where=where[0])
     return Task(Path(task).name if not task.startswith("hf:") else task,
                 Split(parts[0][0], parts[0][1], y_train), Split(parts[1][0], parts[1][1], y_eval),
-                names)
+                names, kind)

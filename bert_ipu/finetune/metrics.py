@@ -1,5 +1,6 @@
-"""Classification metrics: accuracy, F1 (binary: class 1 positive; else macro) and
-Matthews correlation (multi-class, Gorodkin's R_K), from integer predictions and labels."""
+"""Fine-tuning metrics. Classification: accuracy, F1 (binary: class 1 positive; else macro)
+and Matthews correlation (multi-class, Gorodkin's R_K) from integer predictions and labels;
+regression: Pearson and Spearman correlation and the mean squared error."""
 from __future__ import annotations
 
 import math
@@ -38,3 +39,29 @@ def classification_metrics(pred: Tensor, gold: Tensor, k: int) -> dict[str, floa
     c = confusion(pred, gold, k)
     return {"accuracy": float(c.diag().sum()) / max(int(c.sum()), 1), "f1": f1_score(c),
             "mcc": matthews(c), "examples": int(c.sum())}
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Average ranks (ties share the mean of their positions), float64."""
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x, dtype=torch.float64)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    values, inverse = torch.unique(x, return_inverse=True)
+    sums = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, ranks)
+    counts = torch.bincount(inverse, minlength=len(values)).double()
+    return (sums / counts)[inverse]
+
+
+def pearson(a: Tensor, b: Tensor) -> float:
+    """Pearson correlation of two [N] tensors (0 when either is constant)."""
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    denom = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denom if denom > 0 else 0.0
+
+
+def regression_metrics(pred: Tensor, gold: Tensor) -> dict[str, float]:
+    """{"pearson", "spearman", "mse", "examples"} of predictions [N] against targets [N]."""
+    pred, gold = pred.double().flatten(), gold.double().flatten()
+    return {"pearson": pearson(pred, gold), "spearman": pearson(_ranks(pred), _ranks(gold)),
+            "mse": float(((pred - gold) ** 2).mean()) if len(gold) else math.nan,
+            "examples": len(gold)}

@@ -100,6 +100,18 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
         ) from None
 
 
+def check_creatable(folder: Path, what: str = "output folder") -> None:
+    """Whether `folder` could be created and written (its nearest existing ancestor, or
+    itself, is a writable folder), without creating or writing anything (dry runs)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise CheckpointError(
+            f"{what} {str(folder)!r} is not writable: {str(existing)!r} {why}; "
+            "choose another output_dir or fix its permissions")
+
+
 def check_finite_state(state: Mapping[str, Any], what: str = "model") -> None:
     """Raise NonFiniteWeightsError naming the first floating tensor with NaN/Inf."""
     for key, value in state.items():

@@ -60,11 +60,25 @@ def test_synthetic_task_beats_chance(exported, tmp_path, keep, one_thread):
     assert task.label_names == ["0", "1"] and len(task.train.labels) == 160
     s = FinetuneSettings(epochs=8, learning_rate=3e-3, batch_size=16, max_length=16,
                          keep_sparsity=keep, seed=1)
-    results = finetune(exported, task, s, log=lambda m: None)
+    lines: list[str] = []
+    results = finetune(exported, task, s, log=lines.append, save_dir=tmp_path / "model")
     assert results["final"]["accuracy"] >= 0.85, results["evaluations"]
-    assert len(results["evaluations"]) == 8  # one per epoch
-    if keep:
-        assert results["inactive_nonzero"] == 0
+    assert [e["step"] for e in results["evaluations"]] == [10 * (i + 1) for i in range(8)]  # per epoch
+    assert len(lines) == 8 and f"finetune [pre-trained {exported.name}]: step 80/80" in lines[-1]
+    # the saved model loads with plain transformers and gives the final evaluation's numbers
+    from transformers import AutoModelForSequenceClassification
+    saved = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "model"))
+    assert (tmp_path / "model" / "tokenizer_config.json").is_file()
+    assert results["sparse_layers"] == (12 if keep else 0)
+    if keep:  # the exported pattern was kept: inactive blocks are still exactly zero
+        from bert_ipu.finetune.trainer import _block_patterns
+        state = dict(saved.named_parameters())
+        for name, (rows, cols, block) in _block_patterns(exported, saved).items():
+            w = state[name + ".weight"].detach()
+            active = torch.zeros(w.shape[0] // block, w.shape[1] // block, dtype=torch.bool)
+            active[rows, cols] = True
+            mask = active.repeat_interleave(block, 0).repeat_interleave(block, 1)
+            assert not w[~mask].any() and w[mask].any(), name
 
 
 def test_cli_writes_results_json(exported, tmp_path, one_thread):
@@ -88,7 +102,7 @@ def test_pairs_json_and_string_labels(tmp_path):
 
 @pytest.mark.parametrize("content,words", [
     ("sentence\ttarget\nhello\t1\nbye\t0\n", "no label column"),
-    ("sentence\tlabel\nhello\t0.5\nbye\t1\n", "expected an integer or string label"),
+    ("sentence\tlabel\nhello\t0.5\nbye\tno\n", "labels mix numbers and strings"),
     ("sentence\tlabel\nhello\t\nbye\t1\n", "empty label"),
 ])
 def test_bad_task_files_exit_2_with_one_line(exported, tmp_path, capsys, content, words):
@@ -106,7 +120,7 @@ def test_bad_model_folder_and_json_labels(tmp_path, capsys):
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "train.json").write_text(json.dumps([{"text": "a", "label": [1]}]))
     (tmp_path / "j" / "dev.json").write_text(json.dumps([{"text": "a", "label": 1}]))
-    with pytest.raises(TaskError, match="expected an integer or string label, got \\[1\\]"):
+    with pytest.raises(TaskError, match="expected a number or string label, got \\[1\\]"):
         load_task(str(tmp_path / "j"))
 
 
@@ -142,3 +156,50 @@ def test_hf_task_through_datasets_offline(tmp_path, monkeypatch, capsys):
     for bad in ("hf:", "hf:glue:"):
         with pytest.raises(TaskError, match="expected hf:NAME or hf:NAME:CONFIG"):
             load_task(bad)
+
+
+def test_regression_metrics_match_hand_computed_values():
+    from bert_ipu.finetune.metrics import regression_metrics
+
+    m = regression_metrics(torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([1.0, 3.0, 2.0, 4.0]))
+    assert m["pearson"] == pytest.approx(0.8315218406202999)       # numpy.corrcoef
+    assert m["spearman"] == pytest.approx(0.8)                      # 1 - 6 * 2 / (4 * 15)
+    assert m["mse"] == pytest.approx(0.75) and m["examples"] == 4
+    ties = regression_metrics(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0]))
+    assert ties["spearman"] == pytest.approx(0.8660254037844387)    # corrcoef of average ranks
+
+
+def test_regression_task_on_the_trainer(exported, tmp_path, one_thread):
+    """Issue 22: STS-B-style scores (numbers with fractions) fine-tune as regression."""
+    rng = random.Random(0)
+    for name, n in (("train", 96), ("dev", 32)):
+        lines = ["sentence1\tsentence2\tscore"]
+        for _ in range(n):
+            k = rng.randint(0, 4)
+            words = [rng.choice(ANIMALS) for _ in range(k)] + [rng.choice(PLACES) for _ in range(4 - k)]
+            lines.append(f"{' '.join(words)}\tsome {rng.choice(PLACES)}\t{k * 1.25:.3f}")
+        (tmp_path / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    task = load_task(str(tmp_path), label_column="score")
+    assert task.kind == "regression" and task.label_names == [] and task.train.labels[0] % 1.25 == 0
+    s = FinetuneSettings(epochs=6, learning_rate=3e-3, batch_size=16, max_length=16, seed=1,
+                         progress=False)
+    results = finetune(exported, task, s, log=lambda m: None)
+    final = results["final"]
+    assert results["kind"] == "regression" and {"pearson", "spearman", "mse", "loss"} <= set(final)
+    assert final["pearson"] > 0.8, results["evaluations"]   # the animal count is learnable
+
+
+def test_save_never_replaces_a_foreign_folder_and_settings_name_their_flag(exported, tmp_path,
+                                                                          capsys):
+    task = write_task(tmp_path / "task", 8, 4)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert finetune_main(["--model", str(exported), "--task", str(task), "--save",
+                          str(tmp_path / "mine")]) == 2
+    assert "--save" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    for argv, words in ((["--epochs", "0"], "--epochs: expected a finite number > 0"),
+                        (["--warmup", "2"], "--warmup: expected a fraction in [0, 1]"),
+                        (["--threads", "0"], "--threads: expected an integer > 0 or null")):
+        assert finetune_main(["--model", str(exported), "--task", str(task), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: " + words) and len(err.splitlines()) == 1, err

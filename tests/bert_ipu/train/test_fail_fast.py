@@ -52,9 +52,16 @@ def test_readme_own_corpus_command_works_as_written(tiny_data, shared_data, tmp_
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("dry run: steps=") and "pattern_updates=160" in out
-    assert not (tmp_path / "run" / "config.yaml").exists()  # no run outputs
-    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
-        (tmp_path / "run" / "checkpoints").iterdir())
+    assert not (tmp_path / "run").exists()  # a dry run creates no run folder (nor lock)
+
+
+def test_a_dry_run_into_an_unwritable_place_is_refused_without_creating_it(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["--dry-run", f"output_dir={blocker / 'run'}"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: output_dir") and "is not a folder" in line
+    assert blocker.read_text() == ""
 
 
 def test_print_config_names_each_source(tmp_path, capsys):
