@@ -136,6 +136,33 @@ def test_demo_task_is_balanced_and_loads(tmp_path):
     assert not set(task.train.texts_a) & set(task.eval.texts_a)  # no paragraph in both
 
 
+def test_demo_procedure_treats_both_arms_alike_and_never_looks_at_dev(tmp_path, monkeypatch,
+                                                                      capsys):
+    """Issue 22: the demo's settings come from a fixed procedure, the same for both arms:
+    every rate of the grid scored on a validation part of the training split, the best one
+    run on the whole training split for each seed, scored on dev."""
+    from bert_ipu.finetune import demo
+
+    task = load_task(str(write_task(tmp_path / "task", 50, 20)))
+    calls = []
+
+    def fake_finetune(model, t, s, log=print, save_dir=None):
+        calls.append((s.random_init, s.learning_rate, s.seed, len(t.train.labels), t.eval.texts_a))
+        score = {1e-4: 0.2, 3e-4: 0.5, 1e-3: 0.4, 3e-3: 0.1}[s.learning_rate] + s.random_init * 0.01
+        return {"final": {"accuracy": score, "mcc": 0.0}, "time_s": 1.0}
+
+    monkeypatch.setattr("bert_ipu.finetune.finetune", fake_finetune)
+    inner = demo.validation_task(task)
+    assert len(inner.train.labels) == 40 and len(inner.eval.labels) == 10
+    assert set(inner.train.texts_a) | set(inner.eval.texts_a) == set(task.train.texts_a)
+    for random_init in (False, True):
+        rate, scores = demo.choose_rate(tmp_path, task, random_init, {"epochs": 1.0}, print)
+        assert rate == 3e-4 and list(scores) == [str(r) for r in demo.RATES]
+    dev = set(task.eval.texts_a)
+    assert all(not dev & set(texts) for *_, texts in calls)   # dev never scored the grid
+    assert [c[:4] for c in calls] == [(arm, r, 0, 40) for arm in (False, True) for r in demo.RATES]
+
+
 def test_hf_task_through_datasets_offline(tmp_path, monkeypatch, capsys):
     """`hf:NAME[:CONFIG]` goes through `datasets.load_dataset` for real: a local dataset
     folder (files named by split) loads; a Hub name that is not cached, or a bad spec, gives
