@@ -24,7 +24,7 @@ Trainer, `sparse_ops.hf.DynSpCallback` calls the controller at the right moments
 from __future__ import annotations
 
 import fnmatch
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -56,10 +56,21 @@ def matching_linears(model: nn.Module, patterns: Sequence[str] = DEFAULT_PATTERN
 
 def sparsify(model: nn.Module, sparsity: float = 0.9, block_size: int = 16,
              patterns: Sequence[str] = DEFAULT_PATTERNS, init: str = "magnitude",
-             backend: str = "auto", seed: int = 0) -> list[str]:
+             backend: str = "auto", seed: int = 0, *,
+             density: Optional[Mapping[str, float]] = None,
+             layer_seed: Optional[Callable[[str], int]] = None,
+             inactive: str = "zero") -> list[str]:
     """Replace the matching nn.Linear layers of `model` by SparseLinear, in place; returns
     their names. SparsifyError (one line) when nothing matches, a layer's shape is not a
-    multiple of `block_size`, or an argument is out of range; nothing is changed then."""
+    multiple of `block_size`, or an argument is out of range; nothing is changed then.
+
+    `density` gives some layers their own fraction of active blocks (the others get
+    1 - sparsity; e.g. an ERK distribution); with init="random", `layer_seed(name)` seeds
+    each layer's pattern and values on its own (so a layer's pattern does not depend on
+    which other layers exist), else one generator from `seed` serves them in order.
+    `inactive` is SparseLinear's mode for inactive blocks ("zero", or "frozen" fixed
+    random weights seeded by layer_seed(name) + 1). Dense layers on the meta device (no
+    memory) become SparseLinear on the CPU with init="random"."""
     if not 0.0 <= sparsity < 1.0:
         raise SparsifyError(f"sparsify: argument 'sparsity' must be in [0, 1), got {sparsity!r}")
     if init not in ("magnitude", "random"):
@@ -75,18 +86,27 @@ def sparsify(model: nn.Module, sparsity: float = 0.9, block_size: int = 16,
             raise SparsifyError(f"sparsify: layer {name!r} is {tuple(weight.shape)}, not a multiple of "
                                 f"block_size={block_size}; choose a block size dividing it or leave "
                                 "the layer out of patterns")
+    if init == "magnitude" and any(model.get_submodule(n).weight.is_meta for n in names):
+        raise SparsifyError("sparsify: init='magnitude' needs the dense weights; the model's "
+                            "linears are on the meta device (use init='random')")
     generator = torch.Generator().manual_seed(seed)
     for i, name in enumerate(names):
         dense = model.get_submodule(name)
+        layer_density = None if density is None else density.get(name)
         try:
             if init == "magnitude":
                 layer = SparseLinear.from_dense(dense, block_size=block_size, sparsity=sparsity,
                                                 backend=backend)
             else:
+                own = None if layer_seed is None else int(layer_seed(name))
+                device = None if dense.weight.is_meta else dense.weight.device
                 layer = SparseLinear(dense.in_features, dense.out_features, dense.bias is not None,
-                                     sparsity=sparsity, block_size=block_size, backend=backend,
-                                     device=dense.weight.device, dtype=dense.weight.dtype,
-                                     generator=generator)
+                                     sparsity=sparsity, density=layer_density,
+                                     block_size=block_size, backend=backend, device=device,
+                                     dtype=dense.weight.dtype,
+                                     generator=None if own is not None else generator,
+                                     seed=own, inactive=inactive,
+                                     inactive_seed=0 if own is None else own + 1)
         except (SparseFormatError, ValueError) as exc:
             raise SparsifyError(f"sparsify: layer {name!r}: {exc}") from None
         parent, leaf = _parent(model, name)

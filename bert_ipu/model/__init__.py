@@ -5,11 +5,11 @@
 """
 from bert_ipu.model.bert import (
     ENCODER_LINEARS, BertForPreTraining, PreTrainingOutput, build_model, encoder_linear_shapes,
-    init_weights, linear_densities, make_linear, mlm_loss_and_counts,
+    init_weights, linear_densities, mlm_loss_and_counts,
     sparse_modules,
 )
 from bert_ipu.model.sizes import MODEL_SIZES, ModelSize
 
 __all__ = ["ENCODER_LINEARS", "BertForPreTraining", "PreTrainingOutput", "build_model",
-           "encoder_linear_shapes", "init_weights", "linear_densities", "make_linear",
+           "encoder_linear_shapes", "init_weights", "linear_densities",
            "mlm_loss_and_counts", "sparse_modules", "MODEL_SIZES", "ModelSize"]

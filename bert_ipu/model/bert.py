@@ -3,8 +3,9 @@
 A dense model's state dict has exactly the keys and shapes of
 `transformers.BertForPreTraining`, so checkpoints map 1:1. The six fully connected
 weights of every encoder layer (query, key, value, attention output, FFN up, FFN down)
-are built by ONE factory, `make_linear`, that returns `nn.Linear` (dense) or
-`sparse_ops.linear.SparseLinear` (static / dynamic sparsity); everything else is dense.
+are `nn.Linear` (dense), or, for static / dynamic sparsity, turned into compressed
+`sparse_ops.linear.SparseLinear` by `sparse_ops.sparsify` (`build_model`), the same public
+call a user makes on their own model; everything else is dense.
 
 Shapes: B batch, S sequence, H hidden, P masked positions per sequence, V vocabulary,
 nh heads, hd = H / nh. The MLM head runs only on the P gathered masked positions: the
@@ -56,21 +57,6 @@ def linear_densities(cfg: ModelConfig, sparsity: SparsityConfig) -> dict[str, fl
 def _name_seed(seed: int, name: str) -> int:
     """A per-layer seed that depends on the module name, not on construction order."""
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
-
-
-def make_linear(in_f: int, out_f: int, name: str, sparsity_cfg: SparsityConfig,
-                density: float) -> nn.Module:
-    """The encoder-linear factory: `nn.Linear(in_f, out_f)` for method dense, else a
-    `SparseLinear` with `density` active blocks, a random initial pattern seeded from
-    (sparsity.seed, name), the configured block size, backend and inactive mode."""
-    if sparsity_cfg.method == "dense":
-        return nn.Linear(in_f, out_f)
-    from sparse_ops.linear import SparseLinear
-
-    seed = _name_seed(sparsity_cfg.seed or 0, name)
-    return SparseLinear(in_f, out_f, bias=True, density=density,
-                        block_size=sparsity_cfg.block_size, backend=sparsity_cfg.backend,
-                        seed=seed, inactive=sparsity_cfg.inactive, inactive_seed=seed + 1)
 
 
 def _dense_factory(in_f: int, out_f: int, name: str) -> nn.Module:
@@ -354,15 +340,33 @@ def build_model(model_cfg: ModelConfig, sparsity_cfg: SparsityConfig,
     if model_cfg.vocab_size is None:  # resolved by Config from data.vocab_size
         raise ValueError("build_model: argument 'model_cfg' must have vocab_size set (build "
                          "it through bert_ipu.config.Config, or pass vocab_size), got None")
-    densities = linear_densities(model_cfg, sparsity_cfg)
+    sparse = sparsity_cfg.method != "dense"
+    names: list[str] = []
 
     def linear(in_f: int, out_f: int, name: str) -> nn.Module:
-        return make_linear(in_f, out_f, name, sparsity_cfg, densities[name])
+        names.append(name)   # a sparse model's are placeholders (meta) until sparsify
+        return nn.Linear(in_f, out_f, device="meta" if sparse else None)
 
     with torch.random.fork_rng(devices=[]):
         model = BertForPreTraining(model_cfg, linear)
+    if sparse:
+        sparsify_encoder(model, names, sparsity_cfg, linear_densities(model_cfg, sparsity_cfg))
     init_weights(model, model_cfg.initializer_range, torch.Generator().manual_seed(seed))
     return model
+
+
+def sparsify_encoder(model: nn.Module, names: list[str], sparsity_cfg: SparsityConfig,
+                     densities: dict[str, float]) -> None:
+    """The encoder linears `names` become compressed SparseLinear through the public API
+    (`sparse_ops.sparsify`, the same call a user makes on their own model): a random
+    pattern per layer with its density, seeded from (sparsity.seed, name), the
+    configured block size, backend and inactive mode."""
+    from sparse_ops.convert import sparsify
+
+    base = sparsity_cfg.seed or 0
+    sparsify(model, block_size=sparsity_cfg.block_size, patterns=names, init="random",
+             backend=sparsity_cfg.backend, density=densities,
+             layer_seed=lambda name: _name_seed(base, name), inactive=sparsity_cfg.inactive)
 
 
 def sparse_modules(model: nn.Module) -> dict[str, nn.Module]:

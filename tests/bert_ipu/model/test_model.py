@@ -9,7 +9,7 @@ from torch import nn
 from bert_ipu.config import load_config
 from bert_ipu.train.optim import parameter_groups
 from bert_ipu.model import (
-    ENCODER_LINEARS, BertForPreTraining, build_model, encoder_linear_shapes, make_linear,
+    ENCODER_LINEARS, BertForPreTraining, build_model, encoder_linear_shapes,
     sparse_modules,
 )
 
@@ -191,21 +191,32 @@ def test_decoder_is_tied_to_the_word_embeddings_and_bias():
 
 
 # ---------------------------------------------------------------- factory and sparse models
-def test_make_linear_dense_returns_nn_linear():
-    cfg = small_cfg()
-    layer = make_linear(32, 128, "x", cfg.sparsity, 1.0)
-    assert type(layer) is nn.Linear and tuple(layer.weight.shape) == (128, 32)
+def test_the_model_is_sparsified_through_the_public_api(monkeypatch):
+    """Issue 22: our own trainer's model goes through `sparse_ops.sparsify`, the call a user
+    makes; each layer's pattern is the one SparseLinear draws from (sparsity.seed, name)."""
+    import zlib
 
+    from sparse_ops import convert
+    from sparse_ops.linear import SparseLinear
 
-def test_make_linear_sparse_returns_sparse_linear():
-    linear = pytest.importorskip("sparse_ops.linear")
-    cfg = small_cfg(*SPARSE, "sparsity.backend=reference")
-    layer = make_linear(32, 128, "bert.encoder.layer.0.intermediate.dense", cfg.sparsity, 0.25)
-    assert isinstance(layer, linear.SparseLinear)
-    assert (layer.in_features, layer.out_features, layer.block_size) == (32, 128, 8)
-    assert layer.nnz == round(0.25 * (128 // 8) * (32 // 8)) and layer.backend == "reference"
-    other = make_linear(32, 128, "bert.encoder.layer.1.intermediate.dense", cfg.sparsity, 0.25)
-    assert not torch.equal(layer.rows * 4 + layer.cols, other.rows * 4 + other.cols)
+    calls = []
+    real = convert.sparsify
+    monkeypatch.setattr(convert, "sparsify", lambda *a, **k: calls.append(k) or real(*a, **k))
+    cfg = small_cfg(*SPARSE, "sparsity.backend=reference", "sparsity.seed=5")
+    model = build_model(cfg.model, cfg.sparsity, 0)
+    assert len(calls) == 1 and calls[0]["init"] == "random"
+    sparse = sparse_modules(model)
+    assert sorted(sparse) == sorted(calls[0]["patterns"]) and len(sparse) == 6 * 2
+    for name, layer in sparse.items():
+        seed = (5 * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
+        want = SparseLinear(layer.in_features, layer.out_features, density=calls[0]["density"][name],
+                            block_size=8, seed=seed)
+        assert torch.equal(layer.rows, want.rows) and torch.equal(layer.cols, want.cols), name
+    a, b = sparse["bert.encoder.layer.0.intermediate.dense"], sparse["bert.encoder.layer.1.intermediate.dense"]
+    assert not torch.equal(a.rows * 64 + a.cols, b.rows * 64 + b.cols)
+    assert not any(p.is_meta for p in model.parameters())
+    dense = build_model(small_cfg().model, small_cfg().sparsity, 0)
+    assert not sparse_modules(dense) and all(not p.is_meta for p in dense.parameters())
 
 
 def test_sparse_model_has_sparse_encoder_linears_only():
