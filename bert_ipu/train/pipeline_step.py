@@ -37,7 +37,7 @@ from bert_ipu.model.bert import ENCODER_LINEARS, pretraining_output
 from bert_ipu.model.stages import BertStage, stage_module_names
 from bert_ipu.train.optim import build_optimizer, parameter_groups
 from bert_ipu.train.precision import autocast
-from bert_ipu.train.step import StepResult, TorchStepRunner, flush_losses
+from bert_ipu.train.step import StepResult, TorchStepRunner, flush_losses, optimizer_update
 from sparse_ops.dynsp.metrics import merge_records
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class PipelineStepRunner(TorchStepRunner):
         self.reduce_gradients()
         self.share_losses(run)
         run.state.micro_step = accumulation
-        return self.optimizer_update(run, t)
+        return optimizer_update(run, t, self)
 
     def run_schedule(self, run: "Run", t: int, batches: list[dict[str, torch.Tensor]]) -> None:
         """Concatenate the micro-batches (the schedule splits them back, in order) and

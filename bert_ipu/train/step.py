@@ -22,8 +22,9 @@ A step runner runs step t on the run's device (train/runners.py picks it); the l
     eval_model(core)      -> (module, precision) to evaluate
 
 `TorchStepRunner` (CPU, CUDA): for each micro-batch forward under autocast, scaled
-loss / accumulation, backward; then unscale, finite check, clip, AdamW, and the DynSp
-controller RIGHT AFTER optimizer.step(). The IPU runner is bert_ipu/train/ipu_step.py,
+loss / accumulation, backward; then `optimizer_update`, the one order of a step shared
+with the pipeline runner: unscale, finite check, freeze ablation, clip, AdamW, and the
+DynSp controller RIGHT AFTER optimizer.step(). The IPU runner is bert_ipu/train/ipu_step.py,
 the pipeline runner (torch.distributed.pipelining) bert_ipu/train/pipeline_step.py.
 """
 from __future__ import annotations
@@ -141,7 +142,7 @@ class TorchStepRunner(UnpipelinedCheckpoints):
             if not last and stop_now(run, t):
                 flush_losses(run)  # the checkpoint of this position holds the partial sums
                 return None
-        return self.optimizer_update(run, t)
+        return optimizer_update(run, t, self)
 
     def forward_backward(self, run: "Run", batch: dict[str, torch.Tensor], t: int,
                          last: bool) -> None:
@@ -160,31 +161,39 @@ class TorchStepRunner(UnpipelinedCheckpoints):
         run.pending_losses.append(torch.stack([v.detach().float()
                                                for v in (loss, out.mlm_loss, out.nsp_loss)]))
 
-    def optimizer_update(self, run: "Run", t: int) -> StepResult:
-        """Unscale, check, clip, step; then the DynSp controller."""
-        c, state = run.c, run.state
-        c.scaler.unscale_(c.params)
-        flush_losses(run)
-        loss = state.step_sums.get("loss", math.nan)
-        finite = math.isfinite(loss) and grads_are_finite(c.params)
-        finite = not D.any_rank(not finite, self.dist, self.device.torch_device)
-        if c.frozen is not None:
-            c.frozen.apply(t)
-        grad_norm = self.clip(c.params, c.cfg.training.max_grad_norm) if finite else math.nan
-        lr = c.schedule(t)
-        set_lr(self.optimizer, lr)
-        applied = c.scaler.update(found_nonfinite=not finite)
-        if applied:
-            self.optimizer.step()
-            if c.frozen is not None:
-                c.frozen.after_optimizer_step()
-        update = c.controller.step(t) if c.controller is not None else None  # DynSp, right here
-        self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(lr, grad_norm, applied, update)
-
     def clip(self, params: list[nn.Parameter], max_norm: float) -> float:
         """Clip the global gradient norm (of this process's parameters here)."""
         return clip_gradients(params, max_norm)
+
+
+def optimizer_update(run: "Run", t: int, runner: TorchStepRunner) -> StepResult:
+    """THE order of an optimizer step, for every runner whose gradients are on the host
+    (CPU/CUDA processes, pipeline stages): unscale -> finite check (all ranks) -> freeze
+    ablation -> clip -> learning rate -> loss-scaler decision -> optimizer.step() ->
+    freeze after-step -> DynSp controller (RIGHT AFTER the optimizer step) -> zero grads.
+    Runners own the micro-batches that make the gradients and how they clip them
+    (`runner.clip`: a pipeline stage's norm is global over stages); the IPU runner, whose
+    optimizer runs on the device, has its own step and the config refuses what it cannot
+    run there (freeze ablation, RigL)."""
+    c, state = run.c, run.state
+    c.scaler.unscale_(c.params)
+    flush_losses(run)
+    loss = state.step_sums.get("loss", math.nan)
+    finite = math.isfinite(loss) and grads_are_finite(c.params)
+    finite = not D.any_rank(not finite, runner.dist, runner.device.torch_device)
+    if c.frozen is not None:
+        c.frozen.apply(t)
+    grad_norm = runner.clip(c.params, c.cfg.training.max_grad_norm) if finite else math.nan
+    lr = c.schedule(t)
+    set_lr(runner.optimizer, lr)
+    applied = c.scaler.update(found_nonfinite=not finite)
+    if applied:
+        runner.optimizer.step()
+        if c.frozen is not None:
+            c.frozen.after_optimizer_step()
+    update = c.controller.step(t) if c.controller is not None else None  # DynSp, right here
+    runner.optimizer.zero_grad(set_to_none=True)
+    return StepResult(lr, grad_norm, applied, update)
 
 
 def unpipelined_view(loaded: dict[str, Any]) -> dict[str, Any]:
