@@ -33,10 +33,10 @@ import numpy as np
 
 from bert_ipu.data.config import DataError
 from bert_ipu.fsutil import fsync_dir, naming
+from bert_ipu.logs import Log
 
 CACHE_VERSION = 4  # 2: one-sentence chunks draw their NSP label (pretraining.py); 3: non-UTF-8 bytes replaced, not the file skipped (corpus.py); 4: auto reads blank-line prose as paragraphs of one document (text.py)
 META = "meta.json"
-Log = Callable[[str], None]
 
 
 def digest(obj: Any) -> str:

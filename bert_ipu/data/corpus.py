@@ -19,16 +19,16 @@ import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from bert_ipu.data import stdlib_docs
 from bert_ipu.data.hf import ConcatCorpus, HFCorpus, open_hf_corpus
 from bert_ipu.data.cache import file_sha256
 from bert_ipu.data.config import DataError, DataConfig
 from bert_ipu.data.text import parse_documents, sentences_of
+from bert_ipu.logs import Log
 
 Document = list[str]
-Log = Callable[[str], None]
 _MAGIC = set("*?[")
 
 

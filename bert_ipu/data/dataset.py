@@ -19,7 +19,7 @@ Training masks are redrawn each epoch from (seed, epoch, index); held-out masks 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from bert_ipu.data.config import DataConfig
 from bert_ipu.data.tokenizer import (
     TokenizerInfo, continuation_table, read_vocab, replacement_ids, tokenizer_info,
 )
+from bert_ipu.logs import Log
 
-Log = Callable[[str], None]
 
 
 class PretrainingDataset(torch.utils.data.Dataset):

@@ -17,14 +17,14 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from bert_ipu.data.cache import file_sha256
 from bert_ipu.data.config import DataError, DataConfig, HFSource
 from bert_ipu.data.text import iter_documents, sentences_of
+from bert_ipu.logs import Log
 
 Document = list[str]
-Log = Callable[[str], None]
 
 
 def load_hf_dataset(src: HFSource, field: str = "hf_path") -> Any:

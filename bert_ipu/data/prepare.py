@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -37,8 +37,8 @@ from bert_ipu.data.tokenizer import (
     continuation_table, encode_sentences, load_wordpiece, read_vocab, replacement_ids,
     tokenizer_identity, tokenizer_info, train_wordpiece,
 )
+from bert_ipu.logs import Log
 
-Log = Callable[[str], None]
 HOLDOUT_STREAM = 3
 SPLITS = ("train", "eval")
 _NOT_IN_KEY = ("cache_dir", "verify_checksums", "num_workers", "num_proc")

@@ -27,9 +27,10 @@ import random
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from bert_ipu.data.stdlib_docs import _member_docs, paragraphs
+from bert_ipu.logs import Log
 
 PACKAGES = ("asyncio", "email", "http", "xml", "unittest", "multiprocessing")
 
@@ -73,7 +74,7 @@ ARMS = {"pretrained": False, "random_init": True}
 
 
 def choose_rate(model: Path, task: Any, random_init: bool, settings: dict[str, Any],
-                log: Callable[[str], None]) -> tuple[float, dict[str, float]]:
+                log: Log) -> tuple[float, dict[str, float]]:
     """The rate of RATES with the best accuracy on a 20 % validation part of the training
     split (seed 0), and every rate's accuracy there."""
     from bert_ipu.finetune import FinetuneSettings, finetune

@@ -29,6 +29,7 @@ from torch import nn
 from bert_ipu.finetune.data import Split, Task, TaskError
 from bert_ipu.finetune.metrics import classification_metrics, regression_metrics
 from bert_ipu.schema import check_ranges, coerce_fields, nonneg, pos, unit
+from bert_ipu.logs import Log
 
 SAVED_MARKER = ".dynsp-finetuned"
 """In a folder `finetune` saved a model to: a later --save may replace it (nothing else)."""
@@ -178,7 +179,7 @@ def task_metrics(task: Task) -> Callable[[Any], dict[str, float]]:
     return compute
 
 
-def _step_lines(name: str, log: Callable[[str], None]) -> Any:
+def _step_lines(name: str, log: Log) -> Any:
     """A TrainerCallback: one line per evaluation naming the model, kept for the results."""
     from transformers import TrainerCallback
 
@@ -233,7 +234,7 @@ def save_model(trainer: Any, tok: Any, save_dir: Path, sparse_names: list[str]) 
 
 
 def finetune(model_dir: str | Path, task: Task, s: FinetuneSettings,
-             log: Callable[[str], None] = print, save_dir: str | Path | None = None
+             log: Log = print, save_dir: str | Path | None = None
              ) -> dict[str, Any]:
     """Fine-tune with the Trainer and evaluate; returns the results (settings, every
     evaluation, final); the fine-tuned model goes to `save_dir` when given."""

@@ -21,7 +21,6 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable
 
 from bert_ipu.config import save_config
 from bert_ipu.fsutil import EXPORT_MARKERS, UnsafeTargetError, check_replaceable
@@ -30,6 +29,7 @@ from bert_ipu.hub import card, sparse
 from bert_ipu.hub.source import RUN_CONFIG, VOCAB, HubError, Pretrained
 from bert_ipu.model.hf import to_transformers
 from bert_ipu.store.runlock import OutputInUseError, RunLock
+from bert_ipu.logs import Log
 
 ARCHITECTURES = ["BertForPreTraining"]
 MARKER = EXPORT_MARKERS[0]         # written into every export: what --overwrite may replace
@@ -140,7 +140,7 @@ def export_folder(src: Pretrained, out: str | Path, with_sparse: bool = False,
     return sizes
 
 
-def export_run_end(checkpoint: Path, out: str | Path, log: Callable[[str], None]) -> None:
+def export_run_end(checkpoint: Path, out: str | Path, log: Log) -> None:
     """`checkpoint.export_dir`: export the run's final checkpoint (dense form, plus the
     compressed form for a sparse run), replacing an earlier export of the same run."""
     from bert_ipu.hub.source import load_pretrained

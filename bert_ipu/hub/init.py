@@ -7,7 +7,6 @@ its shape, never a state-dict dump.
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +16,7 @@ from bert_ipu.data.tokenizer import TokenizerInfo
 from bert_ipu.hub.source import HubError, load_pretrained
 from bert_ipu.model.hf import dense_state_dict
 from bert_ipu.store.vocab import check_same_vocab
+from bert_ipu.logs import Log
 
 FIELD = "checkpoint.init_from"
 # Tensor-name fragment -> the config field that sets its shape (first match wins).
@@ -70,7 +70,7 @@ def check_fits(target: dict[str, Tensor], source: dict[str, Tensor], where: str)
 
 @torch.no_grad()
 def init_from_pretrained(model: nn.Module, cfg: Config, tok: TokenizerInfo | None,
-                         log: Callable[[str], None] = print) -> None:
+                         log: Log = print) -> None:
     """Load weights and patterns of `cfg.checkpoint.init_from` into `model` (in place)."""
     path = cfg.checkpoint.init_from
     state, vocab, where = _source_state(cfg, path)

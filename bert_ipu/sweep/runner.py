@@ -27,10 +27,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from bert_ipu.config import ConfigError, applied_config_dict, load_config
 from bert_ipu.sweep.spec import SweepRun
+from bert_ipu.logs import Log
 
 __all__ = ["run_state", "command", "plan_lines", "run_sweep", "RUN_RECORD"]
 
@@ -93,7 +93,7 @@ def _previous_wall(out: Path) -> float:
         return 0.0
 
 
-def execute(run: SweepRun, log: Callable[[str], None]) -> int:
+def execute(run: SweepRun, log: Log) -> int:
     """Start or resume one run in a child process; returns its exit code (0 when done)."""
     state = run_state(run)
     if state == "done":
@@ -118,7 +118,7 @@ def execute(run: SweepRun, log: Callable[[str], None]) -> int:
 
 
 def run_sweep(runs: list[SweepRun], jobs: int = 1,
-              log: Callable[[str], None] = print) -> dict[int, int]:
+              log: Log = print) -> dict[int, int]:
     """Run every unfinished run, `jobs` at a time; {index: exit code}. Ctrl-C stops the
     running children (each saves a checkpoint) and launches nothing more."""
     codes: dict[int, int] = {}

@@ -13,7 +13,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +28,11 @@ from bert_ipu.train.optim import LRSchedule, parameter_groups, trainable_params,
 from bert_ipu.train.precision import LossScaler, build_loss_scaler
 from bert_ipu.train.runners import step_runner
 from bert_ipu.train.step import StepRunner
+from bert_ipu.logs import Log
 from sparse_ops.flops import FlopsBreakdown, training_flops
 from sparse_ops.dynsp.controller import DynSpController
 from sparse_ops.dynsp.freeze import FrozenSubset
 
-Log = Callable[[str], None]
 
 
 @dataclass

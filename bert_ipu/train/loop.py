@@ -37,6 +37,7 @@ from bert_ipu.train.signals import StopRequest, TrainingInterrupted
 from bert_ipu.train.state import TrainState
 from bert_ipu.train.step import LOSS_KEYS, StepResult, poll_stop_hook
 from bert_ipu.trackers import Tracker, TrackerRun, check_trackers, flatten, open_trackers
+from bert_ipu.logs import Log
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,7 +74,7 @@ class Run:
 
 
 # ------------------------------------------------------------------ entry point
-def train(cfg: Config, hooks: TrainerHooks | None = None, log: Callable[[str], None] = print,
+def train(cfg: Config, hooks: TrainerHooks | None = None, log: Log = print,
           resume_command: str | None = None) -> dict[str, Any]:
     """Train per `cfg`; returns the summary. Raises TrainingInterrupted after a
     signal (checkpoint saved), NonFiniteLossError, and the config/data/checkpoint errors."""
@@ -92,7 +93,7 @@ def train(cfg: Config, hooks: TrainerHooks | None = None, log: Callable[[str], N
 
 
 def _train_loop(c: Components, out: run_io.RunOutputs, stop: StopRequest,
-                hooks: TrainerHooks, log: Callable[[str], None]) -> dict[str, Any]:
+                hooks: TrainerHooks, log: Log) -> dict[str, Any]:
     """Resume if asked, step until the end (or a stop), finish."""
     run = start_run(c, out, stop, hooks, log)
     try:
@@ -118,7 +119,7 @@ def _train_loop(c: Components, out: run_io.RunOutputs, stop: StopRequest,
 
 
 def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: TrainerHooks,
-              log: Callable[[str], None]) -> Run:
+              log: Log) -> Run:
     """Restore a checkpoint when asked, then open metrics and the progress bar."""
     state = TrainState()
     resumed = run_io.maybe_resume(c, state, out, log)

@@ -4,14 +4,14 @@ cluster job). Both stop at once on SIGINT/SIGTERM, like a run's set-up."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bert_ipu.config import Config
 from bert_ipu.devices import distributed as D
 from bert_ipu.train.build import build_components
 from bert_ipu.train.signals import StopRequest
+from bert_ipu.logs import Log
 
-Log = Callable[[str], None]
 
 
 def dry_run(cfg: Config, log: Log = print) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from bert_ipu.train.resume_check import first_line, structural_differences
 from bert_ipu.store.runlock import RunLock
 from bert_ipu.train.state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
 from bert_ipu.store.vocab import VOCAB, check_same_vocab, vocab_text, vocab_tokens, write_run_vocab
+from bert_ipu.logs import Log
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def save_checkpoint(c: Components, out: RunOutputs, position: ck.CheckpointId,
 
 
 def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
-                 say: Callable[[str], None]) -> ck.CheckpointId | None:
+                 say: Log) -> ck.CheckpointId | None:
     """Apply checkpoint.resume_training_from_checkpoint; returns the position resumed."""
     spec = c.cfg.checkpoint.resume_training_from_checkpoint
     path = ck.resolve_resume(spec, out.checkpoint_dir, CHECKPOINT_FILES)

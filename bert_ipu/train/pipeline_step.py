@@ -21,7 +21,7 @@ every stage's weights (evaluation, checkpoints).
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -38,6 +38,7 @@ from bert_ipu.model.stages import BertStage, stage_module_names
 from bert_ipu.train.optim import build_optimizer, parameter_groups
 from bert_ipu.train.precision import autocast
 from bert_ipu.train.step import StepResult, TorchStepRunner, flush_losses, optimizer_update
+from bert_ipu.logs import Log
 from sparse_ops.dynsp.metrics import merge_records
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class PipelineStepRunner(TorchStepRunner):
     """One pipeline stage of one data-parallel replica (see the module docstring)."""
 
     def __init__(self, device: "Device", core: nn.Module, groups: list[dict[str, Any]],
-                 cfg: "Config", info: D.DistInfo, log: Callable[[str], None]) -> None:
+                 cfg: "Config", info: D.DistInfo, log: Log) -> None:
         t = cfg.training
         self.device, self.dist, self.cfg = device, info, cfg
         self.layout = pipeline_layout(cfg, info.rank, info.world_size)

@@ -4,17 +4,18 @@ pipeline stage (train/pipeline_step.py) when training.layers_per_stage has sever
 stages, PopTorch's own on the IPU (train/ipu_step.py, imported only there)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from bert_ipu.devices import Device
 from bert_ipu.devices.distributed import DistInfo
 from bert_ipu.train.step import StepRunner, TorchStepRunner
+from bert_ipu.logs import Log
 
 
 def step_runner(device: Device, core: torch.nn.Module, groups: list[dict[str, Any]], cfg: Any,
-                dist: DistInfo, log: Callable[[str], None]) -> Any:
+                dist: DistInfo, log: Log) -> Any:
     """The runner of this device and layout, checked against the StepRunner protocol."""
     runner = _build(device, core, groups, cfg, dist, log)
     if not isinstance(runner, StepRunner):
@@ -26,7 +27,7 @@ def step_runner(device: Device, core: torch.nn.Module, groups: list[dict[str, An
 
 
 def _build(device: Device, core: torch.nn.Module, groups: list[dict[str, Any]], cfg: Any,
-           dist: DistInfo, log: Callable[[str], None]) -> StepRunner:
+           dist: DistInfo, log: Log) -> StepRunner:
     if device.kind == "ipu":
         from bert_ipu.train.ipu_step import IpuRunner
 

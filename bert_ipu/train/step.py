@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ from bert_ipu.devices import distributed as D
 from bert_ipu.train.evaluate import to_device
 from bert_ipu.train.optim import build_optimizer, clip_gradients, set_lr
 from bert_ipu.train.precision import autocast, grads_are_finite
+from bert_ipu.logs import Log
 
 if TYPE_CHECKING:
     from bert_ipu.config import Config
@@ -103,7 +104,7 @@ class TorchStepRunner(UnpipelinedCheckpoints):
     """The step of CPU and CUDA runs (see the module docstring)."""
 
     def __init__(self, device: "Device", core: nn.Module, groups: list[dict[str, Any]],
-                 cfg: "Config", dist: D.DistInfo, log: Callable[[str], None]) -> None:
+                 cfg: "Config", dist: D.DistInfo, log: Log) -> None:
         t = cfg.training
         self.device, self.dist = device, dist
         self.optimizer = build_optimizer(groups, t.learning_rate, betas=tuple(t.adam_betas),
