@@ -231,6 +231,11 @@ def describe(tp: Any) -> str:
         return f"a list of {len(args)} items ({', '.join(describe(a) for a in args)})"
     if dataclasses.is_dataclass(tp):
         return f"a mapping of {getattr(tp, 'SECTION', '') or tp.__name__} settings"
+    if get_origin(tp) is dict:
+        key, value = get_args(tp)
+        return f"a non-empty mapping of {describe(key)} -> {describe(value)}"
+    if tp is Any:
+        return "any value"
     return {int: "an integer", float: "a number", bool: "true or false",
             str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -280,6 +285,13 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         raise fail(path, describe(tp), value)
     if get_origin(tp) is tuple:
         return _coerce_tuple(value, tp, path)
+    if get_origin(tp) is dict:  # a non-empty mapping; keys and values checked
+        key_tp, value_tp = get_args(tp)
+        if not isinstance(value, Mapping) or not value:
+            raise fail(path, describe(tp), value)
+        return {coerce(k, key_tp, path): coerce(v, value_tp, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

@@ -34,3 +34,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _transformers_logs_to_this_tests_stderr():
+    """transformers' logging handler keeps the stderr of the test that first used it (a
+    capture pytest closes afterwards); point it at the current one before each test."""
+    import sys
+
+    module = sys.modules.get("transformers.utils.logging")
+    handler = getattr(module, "_default_handler", None)
+    if handler is not None:
+        handler.stream = sys.stderr   # not setStream: it flushes the old, closed stream
+    yield

@@ -11,6 +11,8 @@ task's metrics, the step lines that name the model, the thread count, and
 `keep_sparsity`: the exported pattern is applied with `sparse_ops.sparsify` (the public
 API that replaces nn.Linear layers by compressed SparseLinear; only the active blocks and
 their optimizer state exist) and densified back to nn.Linear for `save_pretrained`.
+Loading drops the exported model's pre-training heads (MLM, NSP) and initialises a new
+classifier head from `seed`; transformers' load report saying so is not shown.
 """
 from __future__ import annotations
 
@@ -128,6 +130,7 @@ def keep_pretrained_sparsity(model_dir: Path, model: nn.Module) -> list[str]:
 def load_models(model_dir: Path, task: Task, s: FinetuneSettings) -> tuple[Any, nn.Module]:
     """(tokenizer, sequence-classification model) from an exported folder."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     if not (model_dir / "config.json").is_file():
         raise TaskError(f"--model {model_dir}: no config.json; expected an exported model "
@@ -145,7 +148,14 @@ def load_models(model_dir: Path, task: Task, s: FinetuneSettings) -> tuple[Any, 
         torch.manual_seed(s.seed)  # the classifier head (and a random-init model) are seeded
         if s.random_init:
             return tok, AutoModelForSequenceClassification.from_config(config)
-        return tok, AutoModelForSequenceClassification.from_pretrained(str(model_dir), config=config)
+        # its load report lists the pre-training heads as unused and the classifier as
+        # new: expected when fine-tuning, and said once in the module docstring instead
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return tok, AutoModelForSequenceClassification.from_pretrained(str(model_dir), config=config)
+        finally:
+            hf_logging.set_verbosity(verbosity)
     except TaskError:
         raise
     except Exception as exc:  # transformers / safetensors / tokenizers: an unusable folder
@@ -186,19 +196,41 @@ def _step_lines(name: str, log: Log) -> Any:
     class StepLines(TrainerCallback):
         def __init__(self) -> None:
             self.evaluations: list[dict[str, Any]] = []
+            self.train_loss: float | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kwargs: Any) -> None:
+            if logs and isinstance(logs.get("loss"), (int, float)):
+                self.train_loss = float(logs["loss"])   # mean since the previous log
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None,
                         **kwargs: Any) -> None:
             row = {"step": int(state.global_step),
+                   **({} if self.train_loss is None else {"train_loss": self.train_loss}),
                    **{k.removeprefix("eval_"): v for k, v in (metrics or {}).items()
                       if k.startswith("eval_") and isinstance(v, (int, float))}}
             self.evaluations.append(row)
             shown = " ".join(f"{k} {row[k]:.4f}" for k in (
-                "loss", "accuracy", "f1", "mcc", "pearson", "spearman") if k in row)
+                "train_loss", "loss", "accuracy", "f1", "mcc", "pearson", "spearman") if k in row)
             log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} finetune [{name}]: step "
                 f"{row['step']}/{state.max_steps} {shown}")
 
     return StepLines()
+
+
+def quiet_log_dicts(trainer: Any, progress: bool) -> None:
+    """The step lines above say what the Trainer's printed log dicts would: those go
+    (its PrinterCallback, and the dicts its progress bar writes), the bar stays."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class Bar(ProgressCallback):
+        def on_log(self, *args: Any, **kwargs: Any) -> None:
+            """No log dict above the bar."""
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(Bar)
 
 
 def _check_save_dir(save_dir: Path) -> None:
@@ -268,6 +300,7 @@ def finetune(model_dir: str | Path, task: Task, s: FinetuneSettings,
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
                           data_collator=DataCollatorWithPadding(tok),
                           compute_metrics=task_metrics(task), callbacks=[lines])
+        quiet_log_dicts(trainer, s.progress)
         trainer.train()
         if not lines.evaluations or lines.evaluations[-1]["step"] != total:
             trainer.evaluate()

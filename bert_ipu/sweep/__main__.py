@@ -77,7 +77,7 @@ def _main_run(argv: list[str]) -> int:
         return EXIT_USAGE
     try:
         runs = expand_sweep(args.sweep)
-        root = Path(load_sweep(args.sweep).get("output_root", f"runs/sweeps/{Path(args.sweep).stem}"))
+        root = Path(load_sweep(args.sweep).output_root or f"runs/sweeps/{Path(args.sweep).stem}")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -30,11 +30,54 @@ from typing import Any
 
 from bert_ipu.userfiles import UserFileError, read_text
 from bert_ipu.config import Config, ConfigError, load_config
-from bert_ipu.schema import dump_yaml, need, parse_yaml_value
+from bert_ipu.schema import coerce_fields, dump_yaml, from_dict, need, parse_yaml_value
 
-__all__ = ["SweepRun", "expand_sweep", "load_sweep"]
+__all__ = ["SweepFile", "SweepRun", "expand_sweep", "load_sweep"]
 
-_KEYS = ("config", "output_root", "overrides", "runs", "grid", "zip", "seeds")
+def _override_list(values: tuple[str, ...], where: str) -> None:
+    need(all("=" in v for v in values), where, "a list of KEY=VALUE strings", list(values))
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """The keys of a sweep file (module docstring), checked by the config schema: an
+    unknown key, a value of the wrong type, an empty list or a repeated seed is a
+    ConfigError naming the key."""
+
+    config: str
+    """Base config, relative to the sweep file."""
+    output_root: str | None = None
+    """Where the run folders go (null: runs/sweeps/<stem>)."""
+    overrides: tuple[str, ...] = ()
+    """KEY=VALUE applied to every run."""
+    runs: tuple[tuple[str, ...], ...] | None = None
+    """Explicit points, each a list of KEY=VALUE."""
+    grid: dict[str, tuple[Any, ...]] | None = None
+    """KEY -> values: the cartesian product, in key order."""
+    zip: dict[str, tuple[Any, ...]] | None = None
+    """KEY -> values of equal length, stepped together."""
+    seeds: tuple[int, ...] | None = None
+    """training.seed of every point (null: the config's)."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, "")
+        _override_list(self.overrides, "overrides")
+        need(self.runs is None or len(self.runs) > 0, "runs", "a non-empty list of override lists",
+             self.runs)
+        for i, run in enumerate(self.runs or ()):
+            _override_list(run, f"runs[{i}]")
+        for key in ("grid", "zip"):
+            table = getattr(self, key) or {}
+            need(all(len(v) > 0 for v in table.values()), key,
+                 "a mapping of dotted key -> non-empty list of values", table)
+        if self.zip:
+            need(len({len(v) for v in self.zip.values()}) == 1, "zip",
+                 "lists of equal length", {k: len(v) for k, v in self.zip.items()})
+        need(self.seeds is None or (self.seeds and len(set(self.seeds)) == len(self.seeds)
+                                    and all(s >= 0 for s in self.seeds)),
+             "seeds", "a non-empty list of distinct integers >= 0", self.seeds)
+        need(self.output_root is None or self.output_root != "", "output_root", "a folder path",
+             self.output_root)
 
 
 @dataclass(frozen=True)
@@ -68,12 +111,6 @@ def _override_value(value: Any) -> str:
         else "[" + ", ".join(_override_value(v) for v in value) + "]"
 
 
-def _string_list(value: Any, where: str) -> list[str]:
-    need(isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value), where,
-         "a list of KEY=VALUE strings", value)
-    return list(value)
-
-
 def _named(stem: str, root: str, index: int, seed: int | None, overrides: list[str]) -> list[str]:
     """Give a run its own name and output_dir unless its overrides set them; its trackers
     group the sweep's runs (logging.tracker_group = the sweep file's stem, tracker_dir =
@@ -85,25 +122,16 @@ def _named(stem: str, root: str, index: int, seed: int | None, overrides: list[s
     return overrides + [f"{k}={v}" for k, v in defaults.items() if k not in keys]
 
 
-def _table_points(raw: dict, key: str, path: Path, product: bool) -> list[list[str]]:
+def _table_points(table: dict[str, tuple[Any, ...]] | None, product: bool) -> list[list[str]]:
     """Override lists of `grid` (product=True) or `zip` (rows of equal-length lists)."""
-    table = raw.get(key)
-    if table is None:
+    if not table:
         return [[]]
-    need(isinstance(table, dict) and table and all(isinstance(v, list) and v for v in table.values()),
-         f"{path}: {key}", "a mapping of dotted key -> non-empty list of values", table)
-    if product:
-        combos = list(itertools.product(*table.values()))
-    else:
-        lengths = {len(v) for v in table.values()}
-        need(len(lengths) == 1, f"{path}: zip", "lists of one length",
-             {k: len(v) for k, v in table.items()})
-        combos = list(zip(*table.values()))
+    combos = list(itertools.product(*table.values())) if product else list(zip(*table.values()))
     return [[f"{k}={_override_value(v)}" for k, v in zip(table, c)] for c in combos]
 
 
-def load_sweep(path: str | Path) -> dict[str, Any]:
-    """The sweep file's mapping, its keys checked (unknown key, empty lists, seeds)."""
+def load_sweep(path: str | Path) -> SweepFile:
+    """The sweep file, its keys checked (ConfigError: `FILE: KEY: expected ..., got ...`)."""
     path = Path(path)
     try:
         text = read_text(path, "sweep file")
@@ -112,34 +140,27 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     raw = parse_yaml_value(text, str(path)) or {}
     need(isinstance(raw, dict) and isinstance(raw.get("config"), str), f"{path}: config",
          "a mapping with `config: PATH`", raw)
-    unknown = sorted(set(raw) - set(_KEYS))
-    need(not unknown, f"{path}: {', '.join(map(str, unknown))}",
-         f"only the keys {', '.join(_KEYS)}", unknown)
-    runs = raw.get("runs")
-    need(runs is None or (isinstance(runs, list) and runs), f"{path}: runs",
-         "a non-empty list of override lists", runs)
-    seeds = raw.get("seeds")
-    need(seeds is None or (isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds)
-                           and all(isinstance(s, int) and s >= 0 for s in seeds)),
-         f"{path}: seeds", "a non-empty list of distinct integers >= 0", seeds)
-    root = raw.get("output_root", f"runs/sweeps/{path.stem}")
-    need(isinstance(root, str) and root, f"{path}: output_root", "a folder path", root)
+    try:
+        sweep = from_dict(SweepFile, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}", getattr(err, "path", None) or str(path)) from None
+    root = sweep.output_root or f"runs/sweeps/{path.stem}"
     need(not Path(root).exists() or Path(root).is_dir(), f"{path}: output_root",
          "a folder path (new or an existing folder)", f"{root} (an existing file)")
-    return raw
+    return sweep
 
 
 def expand_sweep(path: str | Path) -> list[SweepRun]:
     """Every run of the sweep at `path`, validated; a bad point fails before any launch
     with a ConfigError naming the file, the point and the key."""
     path = Path(path)
-    raw = load_sweep(path)
-    common = _string_list(raw.get("overrides") or [], f"{path}: overrides")
-    explicit = [_string_list(r, f"{path}: runs[{i}]") for i, r in enumerate(raw.get("runs") or [[]])]
+    sweep = load_sweep(path)
+    common = list(sweep.overrides)
+    explicit = [list(r) for r in sweep.runs or [()]]
     points = [a + b + c for a, b, c in itertools.product(
-        explicit, _table_points(raw, "grid", path, True), _table_points(raw, "zip", path, False))]
-    seeds = raw.get("seeds") or [None]
-    root, base = raw.get("output_root", f"runs/sweeps/{path.stem}"), path.parent / raw["config"]
+        explicit, _table_points(sweep.grid, True), _table_points(sweep.zip, False))]
+    seeds = list(sweep.seeds or [None])
+    root, base = sweep.output_root or f"runs/sweeps/{path.stem}", path.parent / sweep.config
     out = []
     for p, point in enumerate(points):
         for seed in seeds:

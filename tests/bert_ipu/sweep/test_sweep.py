@@ -48,8 +48,8 @@ def test_points_cross_runs_grid_zip_and_seeds(tmp_path):
 
 @pytest.mark.parametrize("body, match", [
     ("grid:\n  sparsity.sparsity: []\n", r"grid.*non-empty list"),
-    ("gird:\n  sparsity.sparsity: [0.5]\n", r"gird.*only the keys"),
-    ("zip:\n  model.size: [tiny, mini]\n  training.seed: [1]\n", r"zip.*one length"),
+    ("gird:\n  sparsity.sparsity: [0.5]\n", r"gird.*unknown config key; valid keys at the top level: config, .*did you mean .grid."),
+    ("zip:\n  model.size: [tiny, mini]\n  training.seed: [1]\n", r"zip: expected lists of equal length"),
     ("runs: []\n", r"runs.*non-empty"),
     ("seeds: [1, 1]\n", r"seeds.*distinct"),
     ("grid:\n  training.learning_rate: [1.0e-3, -1]\n", r"run 001 \(training.learning_rate=-1\).*training.learning_rate"),
