@@ -31,7 +31,7 @@ import yaml
 __all__ = [
     "ConfigError", "coerce", "describe", "from_dict", "to_dict", "read_yaml_tree",
     "parse_override", "apply_overrides", "deep_merge", "parse_yaml_value", "dump_yaml",
-    "need", "check_ranges", "choices", "field_choices", "coerce_fields", "pos", "nonneg", "unit",
+    "need", "check_ranges", "choices", "tags", "tagged", "field_choices", "coerce_fields", "pos", "nonneg", "unit",
     "unit_open",
 ]
 
@@ -325,6 +325,40 @@ def choices(names: Callable[[], Sequence[Any]]) -> dict[str, Any]:
     ('random', 'gradient')
     """
     return {"choices": names}
+
+
+def tags(*names: str, **values: Any) -> dict[str, Any]:
+    """Field metadata saying what a config key is to the tools that read configs, kept
+    with the key instead of in their own lists. Names used: `structural` (fixes the shape
+    or meaning of a saved tensor: a checkpoint with another value cannot be resumed),
+    `identity` (never defines a sweep point: names, folders, seeds, bookkeeping),
+    `context` (always shown in a sweep's results, under `label=`). Combine with
+    `choices(...)`: `metadata={**choices(...), **tags("structural")}`.
+
+    >>> tags("context", label="size")
+    {'tags': frozenset({'context'}), 'label': 'size'}
+    """
+    return {"tags": frozenset(names), **values}
+
+
+def tagged(cls: type, tag: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Dotted path -> metadata of every field of dataclass `cls` (nested sections
+    included) carrying `tag`; a section's class-level `TAGS` (field name -> metadata)
+    tags inherited fields, and a section tagged as a whole (`SECTION_TAGS`) tags all its
+    fields."""
+    out: dict[str, dict[str, Any]] = {}
+    hints = get_type_hints(cls)
+    whole = tag in getattr(cls, "SECTION_TAGS", ())
+    extra = getattr(cls, "TAGS", {})
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(tagged(hints[f.name], tag, path + "."))
+            continue
+        meta = dict(extra.get(f.name) or f.metadata)
+        if whole or tag in meta.get("tags", ()):
+            out[path] = meta
+    return out
 
 
 def field_choices(field: dataclasses.Field) -> tuple[Any, ...] | None:

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Mapping
 
 from bert_ipu.schema import (
     ConfigError, apply_overrides, coerce_fields, dump_yaml, fail, from_dict, need as _need,
-    read_yaml_tree, to_dict,
+    read_yaml_tree, tags, to_dict,
 )
 from bert_ipu.config.sections import (
     CheckpointConfig, LoggingConfig, ModelConfig, SparsityConfig, TrainingConfig,
@@ -51,9 +51,9 @@ class Config:
     """A whole run; see the module docstring for resolution and precedence."""
 
     SECTION: ClassVar[str] = ""
-    name: str = "bert"
+    name: str = field(default="bert", metadata=tags("identity"))
     """Run name (used in the default output_dir)."""
-    output_dir: str | None = None
+    output_dir: str | None = field(default=None, metadata=tags("identity"))
     """Run folder: config.yaml, metrics.jsonl, eval.json, checkpoints (null: runs/<name>)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """BERT shape."""

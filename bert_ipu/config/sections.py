@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from bert_ipu.schema import (
     ConfigError, check_ranges as _check_ranges, choices, coerce_fields, fail, need as _need,
-    nonneg as _nonneg, pos as _pos, unit_open as _unit_open,
+    nonneg as _nonneg, pos as _pos, tags, unit_open as _unit_open,
 )
 from bert_ipu.devices import device_kinds
 from bert_ipu.devices.pipeline import PIPELINE_SCHEDULES
@@ -53,21 +53,23 @@ class ModelConfig:
     """BERT shape (Hugging Face BertConfig names) and regularisation."""
 
     SECTION: ClassVar[str] = "model"
-    size: str | None = field(default="base", metadata=choices(lambda: tuple(MODEL_SIZES)))
+    size: str | None = field(default="base", metadata={**choices(lambda: tuple(MODEL_SIZES)),
+                                                      **tags("context", label="size")})
     """Size preset (bert_ipu/model/sizes.py: tiny..base) filling the shape fields left null."""
-    hidden_size: int | None = None
+    hidden_size: int | None = field(default=None, metadata=tags("structural", "context",
+                                                               label="hidden_size"))
     """Hidden width H (null: from `size`)."""
-    num_hidden_layers: int | None = None
+    num_hidden_layers: int | None = field(default=None, metadata=tags("structural"))
     """Encoder layers L (null: from `size`)."""
-    num_attention_heads: int | None = None
+    num_attention_heads: int | None = field(default=None, metadata=tags("structural"))
     """Attention heads (null: H / 64); must divide hidden_size."""
-    intermediate_size: int | None = None
+    intermediate_size: int | None = field(default=None, metadata=tags("structural"))
     """FFN width (null: 4H)."""
-    vocab_size: int | None = None
+    vocab_size: int | None = field(default=None, metadata=tags("structural"))
     """Embedding rows (null: the size of data.vocab_file, else data.vocab_size); >= the vocabulary."""
-    max_position_embeddings: int = 512
+    max_position_embeddings: int = field(default=512, metadata=tags("structural"))
     """Position embedding rows; must be >= data.sequence_length."""
-    type_vocab_size: int = 2
+    type_vocab_size: int = field(default=2, metadata=tags("structural"))
     """Segment ids (2 for NSP pairs)."""
     hidden_dropout_prob: float = 0.1
     """Dropout on embeddings and sub-layer outputs."""
@@ -125,25 +127,32 @@ class SparsityConfig(DynSpSettings):
     hands it to the DynSp controller as is."""
 
     SECTION: ClassVar[str] = "sparsity"
-    method: Literal["dense", "static", "dynamic"] = "dense"
+    TAGS: ClassVar[dict] = {  # fields declared by DynSpSettings
+        "regrow": tags("context", label="regrow"), "n_updates": tags("context", label="n_updates"),
+        "prune_ratio": tags("context", label="prune_ratio")}
+    method: Literal["dense", "static", "dynamic"] = field(
+        default="dense", metadata=tags("structural", "context", label="method"))
     """dense baseline, static random pattern, or dynamic (DynSp) pattern updates."""
-    sparsity: float = 0.0
+    sparsity: float = field(default=0.0, metadata=tags("structural", "context", label="sparsity"))
     """Fraction of inactive blocks in every sparse layer, in [0, 1); 0 iff dense."""
-    block_size: int = field(default=16, metadata=choices(lambda: VALID_BLOCK_SIZES))
+    block_size: int = field(default=16, metadata={**choices(lambda: VALID_BLOCK_SIZES),
+                                                  **tags("structural", "context", label="block_size")})
     """B x B blocks (1 = unstructured); must divide hidden and intermediate sizes."""
-    distribution: str = field(default="uniform", metadata=choices(lambda: DISTRIBUTIONS))
+    distribution: str = field(default="uniform", metadata={**choices(lambda: DISTRIBUTIONS),
+                                                           **tags("structural")})
     """Per-layer densities: the same everywhere (uniform), or erdos_renyi (same total)."""
-    inactive: str = field(default="zero", metadata=choices(lambda: INACTIVE_MODES))
+    inactive: str = field(default="zero", metadata={**choices(lambda: INACTIVE_MODES),
+                                                    **tags("structural", "context", label="inactive")})
     """Inactive weights are zeros, or frozen random values (mask-based ablation)."""
     freeze_fraction: float = 0.0
     """Fraction of weights frozen at random (ablation; 0 = off)."""
-    freeze_until_step: int | None = None
+    freeze_until_step: int | None = field(default=None, metadata=tags("context", label="freeze_until_step"))
     """Frozen weights unfreeze at this step (first-half ablation)."""
-    freeze_from_step: int | None = None
+    freeze_from_step: int | None = field(default=None, metadata=tags("context", label="freeze_from_step"))
     """Weights freeze from this step on (second-half ablation)."""
     backend: str = field(default="auto", metadata=choices(lambda: [AUTO] + backend_names()))
     """Sparse matmul kernel backend of SparseLinear (auto: each product timed once per problem on the CPU, cached on disk; fixed rules on other devices)."""
-    seed: int | None = None
+    seed: int | None = field(default=None, metadata=tags("identity"))
     """Seed of the initial patterns and of the pattern updates (null: training.seed)."""
 
     def __post_init__(self) -> None:
@@ -204,7 +213,7 @@ class TrainingConfig:
     """Optimizer steps; overrides epochs when set."""
     epochs: float = 1.0
     """Passes over the training examples (used when training_steps is null)."""
-    learning_rate: float = 1e-4
+    learning_rate: float = field(default=1e-4, metadata=tags("context", label="learning_rate"))
     """Peak learning rate."""
     lr_warmup: int | float = 10000
     """Warmup: steps (int) or a fraction of the run (float in [0, 1))."""
@@ -232,7 +241,7 @@ class TrainingConfig:
     """fp16: consecutive overflow-skipped steps tolerated before the run stops (diverged)."""
     num_threads: int | None = None
     """CPU threads of torch (null: torch's default, one per core; 1 is often fastest on a busy machine)."""
-    seed: int = 42
+    seed: int = field(default=42, metadata=tags("identity"))
     """Seed of weight init (and of data/sparsity when theirs are null)."""
     device: str = field(default="auto", metadata=choices(device_kinds))
     """Where to train (auto: cuda if available, else cpu)."""
@@ -289,6 +298,7 @@ class CheckpointConfig:
     """Checkpoint location, frequency, retention and resume (PopTorch BERT names)."""
 
     SECTION: ClassVar[str] = "checkpoint"
+    SECTION_TAGS: ClassVar[tuple] = ("identity",)
     checkpoint_output_dir: str | None = None
     """Checkpoint folder (null: <output_dir>/checkpoints)."""
     checkpoint_steps: int = 1000
@@ -316,6 +326,7 @@ class LoggingConfig:
     """Metrics, evaluation and console output."""
 
     SECTION: ClassVar[str] = "logging"
+    SECTION_TAGS: ClassVar[tuple] = ("identity",)
     RENAMED: ClassVar[dict] = {"tensorboard": lambda on: {"trackers": ["tensorboard"] if on else []}}
     log_steps: int = 10
     """Write a metrics.jsonl line every N optimizer steps."""

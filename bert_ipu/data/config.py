@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from bert_ipu.data.text import FORMATS
 from bert_ipu.schema import (
-    ConfigError, check_ranges, choices, coerce_fields, need, nonneg, pos, unit, unit_open,
+    ConfigError, check_ranges, choices, coerce_fields, need, nonneg, pos, tags, unit, unit_open,
 )
 
 SOURCES = ("builtin", "files", "hf")
@@ -115,16 +115,16 @@ class DataConfig:
     """Use only the first N documents of the corpus (null: all)."""
     shard_documents: int = 100_000
     """Documents prepared at a time (random-next B segments come from the same shard)."""
-    cache_dir: str = "~/.cache/bert_ipu/data"
+    cache_dir: str = field(default="~/.cache/bert_ipu/data", metadata=tags("identity"))
     """Folder of prepared-data caches (one sub-folder per content hash)."""
     verify_checksums: bool = True
     """Check the sha256 of every cache file when loading (else sizes and structure only)."""
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=tags("identity"))
     """DataLoader worker processes."""
-    num_proc: int = 1
+    num_proc: int = field(default=1, metadata=tags("identity"))
     """Processes that prepare the data (tokenize and pair shards of shard_documents
     documents); the prepared data is the same for any number."""
-    seed: int | None = None
+    seed: int | None = field(default=None, metadata=tags("identity"))
     """Seed of pairing, held-out selection, fixed eval masks and dynamic masks (null: the
     run's training.seed; 0 when the data pipeline is used on its own)."""
 

@@ -16,25 +16,19 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bert_ipu.config import ConfigError, ModelConfig
+from bert_ipu.config import Config, ConfigError, ModelConfig
 from bert_ipu.config.sections import default_heads, default_intermediate
 from bert_ipu.model import encoder_linear_shapes
-from bert_ipu.schema import parse_yaml_value
+from bert_ipu.schema import parse_yaml_value, tagged
 from bert_ipu.store.jsonl import METRICS_FILE, UPDATES_FILE, read_run_jsonl
 from bert_ipu.sweep.runner import RUN_RECORD
 
 __all__ = ["collect_runs", "varying_keys", "aggregate", "point_label", "CONTEXT", "METRICS", "read_metrics"]
 
-# Settings that never define a point: identity, seeds, bookkeeping.
-IGNORED_PREFIXES = ("name", "output_dir", "training.seed", "data.seed", "sparsity.seed",
-                    "checkpoint.", "logging.", "data.cache_dir", "data.num_workers")
-# Always in a row (also when they do not vary): what the figures group and label by.
-CONTEXT = {"method": "sparsity.method", "sparsity": "sparsity.sparsity", "size": "model.size",
-           "block_size": "sparsity.block_size", "regrow": "sparsity.regrow",
-           "n_updates": "sparsity.n_updates", "prune_ratio": "sparsity.prune_ratio",
-           "inactive": "sparsity.inactive", "freeze_until_step": "sparsity.freeze_until_step",
-           "freeze_from_step": "sparsity.freeze_from_step",
-           "learning_rate": "training.learning_rate", "hidden_size": "model.hidden_size"}
+# Settings that never define a point (identity, seeds, bookkeeping) and those always in
+# a row (what the figures group and label by, under their label): the config's tags.
+IGNORED = tuple(tagged(Config, "identity"))
+CONTEXT = {meta["label"]: path for path, meta in tagged(Config, "context").items()}
 METRICS = ("steps", "sequences", "total_flops", "nonembedding_params", "mlm_loss",
            "mlm_accuracy", "nsp_loss", "nsp_accuracy", "dof", "removed_new_fraction",
            "wall_s", "sequences_per_second")
@@ -141,7 +135,7 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
             by_method.setdefault(f.get("sparsity.method"), set()).add(f.get(k) is None)
         return any(len(present) > 1 for present in by_method.values())
 
-    return [k for k in keys if not k.startswith(IGNORED_PREFIXES) and not derived(k) and varies(k)]
+    return [k for k in keys if k not in IGNORED and not derived(k) and varies(k)]
 
 
 def collect_runs(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -10,14 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from bert_ipu.config import Config, config_to_dict
-from bert_ipu.schema import ConfigError, parse_yaml_value
+from bert_ipu.schema import ConfigError, parse_yaml_value, tagged
 
-# The settings that decide the shape or the meaning of a saved tensor.
-STRUCTURAL = {
-    "model": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-              "vocab_size", "max_position_embeddings", "type_vocab_size"),
-    "sparsity": ("method", "sparsity", "block_size", "distribution", "inactive"),
-}
+
+def structural_keys() -> dict[str, tuple[str, ...]]:
+    """Section -> the settings that decide the shape or the meaning of a saved tensor
+    (the config fields tagged `structural`)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for path in tagged(Config, "structural"):
+        section, _, name = path.partition(".")
+        out[section] = out.get(section, ()) + (name,)
+    return out
 
 
 def structural_differences(saved_yaml: str, cfg: Config) -> list[str]:
@@ -31,7 +34,7 @@ def structural_differences(saved_yaml: str, cfg: Config) -> list[str]:
         return []
     current = config_to_dict(cfg)
     out = []
-    for section, names in STRUCTURAL.items():
+    for section, names in structural_keys().items():
         old: Any = saved.get(section) or {}
         for name in names:
             if name in old and old[name] != current[section][name]:

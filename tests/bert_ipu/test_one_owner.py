@@ -159,3 +159,24 @@ def test_every_step_runner_follows_the_protocol(tiny_data, tmp_path, one_thread)
     from tests.bert_ipu.tiny_run import tiny_overrides
     c = build_components(load_config(None, tiny_overrides(corpus, tmp_path / "run", cache)), log=lambda s: None)
     assert isinstance(c.runner, StepRunner)
+
+
+def test_config_keys_say_what_they_are_in_their_own_metadata():
+    """Issue 21: the structural keys (resume), the keys that never define a sweep point and
+    the always-shown context were lists kept outside the config; they are field tags now."""
+    from bert_ipu.config import Config
+    from bert_ipu.schema import tagged
+    from bert_ipu.sweep.collect import CONTEXT, IGNORED
+    from bert_ipu.train.resume_check import structural_keys
+
+    assert structural_keys() == {
+        "model": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "vocab_size", "max_position_embeddings", "type_vocab_size"),
+        "sparsity": ("method", "sparsity", "block_size", "distribution", "inactive")}
+    assert {"name", "output_dir", "training.seed", "data.seed", "sparsity.seed", "data.cache_dir",
+            "data.num_workers", "data.num_proc", "logging.trackers",
+            "checkpoint.checkpoint_steps"} <= set(IGNORED)
+    assert not any(k.startswith(("model.", "training.learning_rate")) for k in IGNORED)
+    assert CONTEXT["regrow"] == "sparsity.regrow"            # an inherited (DynSpSettings) field
+    assert CONTEXT["size"] == "model.size" and len(CONTEXT) == 12
+    assert set(tagged(Config, "identity")) == set(IGNORED)
