@@ -58,37 +58,6 @@ def test_sparse_linear_triton_backend_matches_reference_backend(kernel_device, d
     torch.testing.assert_close(tri.bias.grad, ref.bias.grad, **tol)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("B", [16, 8])
-def test_fused_qkv_equals_three_separate_projections(tb, kernel_device, device, B):
-    from sparse_ops.kernels import triton_qkv
-
-    dev = kernel_device
-    H, g = 4 * B, torch.Generator().manual_seed(1)
-    mats = [BlockSparseMatrix.random((H, H), B, d, generator=g, device=dev) for d in (0.5, 0.25, 0.75)]
-    values, rows, cols = triton_qkv.stack_patterns([(m.values, m.rows, m.cols, H) for m in mats], B)
-    BlockSparseMatrix(values, rows, cols, (3 * H, H), B).validate()  # canonical order kept
-    x = torch.randn(11, H, device=dev)
-    bias = torch.randn(3 * H, device=dev)
-    q, k, v = triton_qkv.fused_qkv_forward(x, values, rows, cols, H, bias=bias)
-    for out, m, b in zip((q, k, v), mats, bias.split(H)):
-        assert out.shape == (11, H)
-        torch.testing.assert_close(out, x @ m.to_dense().t() + b, rtol=1e-5, atol=1e-5)
-    back = triton_qkv.split_pattern(values, rows, cols, [H, H, H], B)
-    for (bv, br, bc), m in zip(back, mats):
-        assert torch.equal(bv, m.values) and torch.equal(br, m.rows) and torch.equal(bc, m.cols)
-
-
-def test_qkv_helpers_reject_sizes_not_divisible_by_block(tb):
-    from sparse_ops.kernels import triton_qkv
-
-    v, r = torch.zeros(1, 16, 16), torch.zeros(1, dtype=torch.long)
-    with pytest.raises(ValueError, match="stack_patterns: parts\\[1\\] out_features"):
-        triton_qkv.stack_patterns([(v, r, r, 32), (v, r, r, 40)], 16)
-    with pytest.raises(ValueError, match="split_pattern: argument 'sizes'"):
-        triton_qkv.split_pattern(v, r, r, [16, 24], 16)
-
-
 def test_interpreter_index_patch_is_idempotent(tb):
     from sparse_ops.kernels.triton_compat import patch_interpreter_index
 
