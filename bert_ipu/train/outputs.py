@@ -184,7 +184,7 @@ def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
     """Everything needed to continue bit for bit (see store/checkpoint.py for the layout):
     the PIECES, the run's config and vocabulary, a pipeline's per-stage files."""
     c.runner.sync_to_host()  # IPU: the device holds the trained weights
-    files: dict[str, Any] = dict(c.runner.checkpoint_files(c.controller))  # collective
+    files: dict[str, Any] = dict(c.runner.checkpoint_files(c.controller, c.scaler))  # collective
     if c.tokenizer is not None:
         files[VOCAB] = vocab_text(c.tokenizer)
     for piece in PIECES:

@@ -186,16 +186,21 @@ class PipelineStepRunner(TorchStepRunner):
         self.sync_to_host()
         return core, self.precision
 
-    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]:
-        """`stage-S.pt` (optimizer + controller state of stage S, from replica 0) for
-        every stage and `pipeline.json` (the split); rank 0 writes them. Collective."""
+    def checkpoint_files(self, controller: Any | None, scaler: Any) -> dict[str, Any]:
+        """`stage-S.pt` (optimizer, controller and loss-scaler state of stage S, from
+        replica 0) for every stage and `pipeline.json` (the split); rank 0 writes them.
+        Collective. Every rank's loss scaler must agree (the skip decision is global)."""
         mine = {"optimizer": self.optimizer.state_dict(),
-                "controller": None if controller is None else controller.state_dict()}
+                "controller": None if controller is None else controller.state_dict(),
+                "scaler": scaler.state_dict()}
         mine = tree_map(lambda x: x.cpu() if isinstance(x, torch.Tensor) else x, mine)
         parts: list[Any] | None = [None] * self.dist.world_size if self.dist.is_main else None
         dist.gather_object(mine, parts, dst=0)
         if not self.dist.is_main:
             return {}
+        if any(p["scaler"] != parts[0]["scaler"] for p in parts):
+            raise RuntimeError("pipeline: the ranks' loss scalers disagree "
+                               f"({[p['scaler'] for p in parts]}); the skip decision is not global")
         lay = self.layout
         files: dict[str, Any] = {f"stage-{s}.pt": parts[lay.rank_of(s, 0)] for s in range(lay.stages)}
         files["pipeline.json"] = json.dumps({"layers_per_stage": list(lay.layers_per_stage),

@@ -14,7 +14,7 @@ A step runner runs step t on the run's device (train/runners.py picks it); the l
                           dict) the DynSp controller updates
     dynsp_options         extra DynSpController arguments (a pipeline stage's group,
                           layer offset and metrics combination; {} otherwise)
-    checkpoint_files(ctl) extra checkpoint files (collective; {} unless pipelined)
+    checkpoint_files(ctl, scaler)  extra checkpoint files (collective; {} unless pipelined)
     checkpoint_view(l)    the loaded checkpoint as this process restores it
     step(run, t)          -> StepResult, or None when a stop was requested between
                           micro-batches (the loop checkpoints that position)
@@ -77,7 +77,7 @@ class StepRunner(Protocol):
     trained: Any
     dynsp_options: dict[str, Any]
 
-    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]: ...
+    def checkpoint_files(self, controller: Any | None, scaler: Any) -> dict[str, Any]: ...
 
     def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -92,7 +92,7 @@ class UnpipelinedCheckpoints:
     """Checkpoint hooks of a runner whose whole model lives in one program (CPU/CUDA
     processes, a PopTorch executable): no extra files, pipelined checkpoints refused."""
 
-    def checkpoint_files(self, controller: Any | None) -> dict[str, Any]:
+    def checkpoint_files(self, controller: Any | None, scaler: Any) -> dict[str, Any]:
         """No files beyond the common ones."""
         return {}
 

@@ -206,6 +206,27 @@ def test_two_stages_equal_the_single_process_run(tiny_data, tmp_path, schedule, 
 
 
 @pytest.mark.slow
+def test_fp16_dynamic_loss_scaling_backs_off_on_every_stage_together(tiny_data, tmp_path):
+    """Issue 23: fp16 with dynamic loss scaling in a pipeline. The initial scale (2**23)
+    overflows the fp16 gradients; the finite check is a collective over all ranks, so an
+    overflow on either stage skips the step on both and both back the scale off: the
+    skipped steps, the scale of every step and the weights equal the single-process run's,
+    and both stages' checkpointed scalers agree."""
+    fp16 = {"training.precision": "fp16", "training.auto_loss_scaling": True,
+            "training.loss_scaling": 2.0 ** 23, "logging.log_steps": 1}
+    launch(tmp_path, tiny_data, "single16", 1, **fp16)
+    launch(tmp_path, tiny_data, "pipe16", 2, **{KEY: [1, 1], **fp16})
+    rows = [r for r in load_metrics(tmp_path / "single16") if "loss_scale" in r]
+    assert rows[0]["skipped_steps"] >= 1 and rows[-1]["loss_scale"] < 2.0 ** 23  # it backed off
+    assert rows[-1]["skipped_steps"] < len(rows)                                 # and then trained
+    assert_same_run(tmp_path / "single16", tmp_path / "pipe16")
+    last = ck.find_latest(tmp_path / "pipe16" / "checkpoints")
+    loaded = ck.load_checkpoint(last)
+    scalers = [loaded[name]["scaler"] for name in ("stage-0.pt", "stage-1.pt", "trainer.pt")]
+    assert scalers[0] == scalers[1] == scalers[2] and scalers[0]["skipped_steps"] >= 1, scalers
+
+
+@pytest.mark.slow
 def test_two_stages_by_two_replicas_equal_data_parallel(tiny_data, tmp_path):
     """4 ranks as 2 stages x 2 replicas == 2 data-parallel ranks (the replicas' patterns
     are verified identical by the controllers at every update)."""
