@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ def test_more_stages_than_processes_fails_before_data_preparation(tiny_data, tmp
 
 # ---------------------------------------------------------------- torchrun (gloo)
 def launch(tmp_path: Path, tiny_data, name: str, nproc: int, *extra: str, check: bool = True,
-           **settings) -> subprocess.CompletedProcess:
+           popen: bool = False, **settings) -> Any:
     """Train the tiny config (no dropout, 2 accumulated micro-batches, 2 pattern
     updates in 6 steps) on `nproc` torchrun ranks (1: a plain process)."""
     import yaml
@@ -147,8 +148,11 @@ def launch(tmp_path: Path, tiny_data, name: str, nproc: int, *extra: str, check:
         {}, tiny_overrides(corpus, tmp_path / name, cache, **values))))
     runner = [sys.executable] + ([] if nproc == 1 else [
         "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
-    proc = subprocess.run([*runner, "-m", "bert_ipu.pretrain", "--config", str(config), *extra],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    argv = [*runner, "-m", "bert_ipu.pretrain", "--config", str(config), *extra]
+    if popen:  # running in the background (the caller signals and waits)
+        return subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -224,6 +228,38 @@ def test_fp16_dynamic_loss_scaling_backs_off_on_every_stage_together(tiny_data, 
     loaded = ck.load_checkpoint(last)
     scalers = [loaded[name]["scaler"] for name in ("stage-0.pt", "stage-1.pt", "trainer.pt")]
     assert scalers[0] == scalers[1] == scalers[2] and scalers[0]["skipped_steps"] >= 1, scalers
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_pipelined_job_ends_it_within_a_step_with_a_resumable_checkpoint(
+        tiny_data, tmp_path):
+    """Issue 23: SIGTERM to torchrun during a pipelined run: the ranks finish the step in
+    flight (a schedule is one collective call), save a checkpoint at that step and exit;
+    resuming from it gives the uninterrupted run's metrics and weights."""
+    import signal
+    import time
+
+    settings = {KEY: [1, 1], "training.training_steps": 60, "sparsity.n_updates": 4,
+                "logging.log_steps": 1}
+    launch(tmp_path, tiny_data, "whole", 2, **settings)
+    first = launch(tmp_path, tiny_data, "cut", 2, check=False, popen=True, **settings)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        if metrics.exists() and sum(1 for _ in metrics.open()) >= 8:
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the run ended before the signal"
+    sent = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    waited = time.monotonic() - sent
+    saved = ck.find_latest(tmp_path / "cut" / "checkpoints")
+    step = int(saved.name.split("_")[1])
+    assert 0 < step < 60 and waited < 60, (saved, waited)
+    launch(tmp_path, tiny_data, "cut", 2, "checkpoint.resume_training_from_checkpoint=latest",
+           **settings)
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 
 @pytest.mark.slow
