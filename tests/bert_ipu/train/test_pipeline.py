@@ -131,7 +131,7 @@ def test_more_stages_than_processes_fails_before_data_preparation(tiny_data, tmp
 
 # ---------------------------------------------------------------- torchrun (gloo)
 def launch(tmp_path: Path, tiny_data, name: str, nproc: int, *extra: str, check: bool = True,
-           popen: bool = False, **settings) -> Any:
+           popen: bool = False, nodes: int = 1, **settings) -> Any:
     """Train the tiny config (no dropout, 2 accumulated micro-batches, 2 pattern
     updates in 6 steps) on `nproc` torchrun ranks (1: a plain process)."""
     import yaml
@@ -149,6 +149,8 @@ def launch(tmp_path: Path, tiny_data, name: str, nproc: int, *extra: str, check:
     runner = [sys.executable] + ([] if nproc == 1 else [
         "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
     argv = [*runner, "-m", "bert_ipu.pretrain", "--config", str(config), *extra]
+    if nodes > 1:  # `nodes` launchers on this machine, as a user starts one per host
+        return _multi_node(argv[argv.index("bert_ipu.pretrain") - 1:], nodes, nproc // nodes, check)
     if popen:  # running in the background (the caller signals and waits)
         return subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -156,6 +158,27 @@ def launch(tmp_path: Path, tiny_data, name: str, nproc: int, *extra: str, check:
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def _multi_node(program: list[str], nodes: int, per_node: int, check: bool) -> list[Any]:
+    """`python -m bert_ipu.launch --nnodes N --nproc_per_node P --rdzv_backend c10d
+    --rdzv_endpoint localhost:PORT ...` started N times (the README's multi-node recipe
+    on one machine); waits for all, checks their exit codes."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    launcher = [sys.executable, "-m", "bert_ipu.launch", f"--nnodes={nodes}",
+                f"--nproc_per_node={per_node}", "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=localhost:{port}", "--rdzv_id=test-two-nodes"]
+    procs = [subprocess.Popen([*launcher, *program], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(nodes)]
+    results = [(p, *p.communicate(timeout=300)) for p in procs]
+    if check:
+        for p, _, err in results:
+            assert p.returncode == 0, err[-3000:]
+    return results
 
 
 def final_model(out: Path) -> dict[str, torch.Tensor]:
@@ -260,6 +283,15 @@ def test_sigterm_to_a_pipelined_job_ends_it_within_a_step_with_a_resumable_check
     launch(tmp_path, tiny_data, "cut", 2, "checkpoint.resume_training_from_checkpoint=latest",
            **settings)
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost_train_the_2x2_layout_as_one_node(tiny_data, tmp_path):
+    """Issue 23: two launcher processes with a c10d rendezvous on localhost (two 'hosts'
+    of 2 ranks each) train 2 stages x 2 replicas and equal the same layout on one node."""
+    launch(tmp_path, tiny_data, "one_node", 4, **{KEY: [1, 1]})
+    launch(tmp_path, tiny_data, "two_nodes", 4, nodes=2, **{KEY: [1, 1]})
+    assert_same_run(tmp_path / "one_node", tmp_path / "two_nodes")
 
 
 @pytest.mark.slow
