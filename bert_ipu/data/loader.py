@@ -77,6 +77,12 @@ class PretrainingLoader:
         mine = self.epoch_indices(epoch)
         return [mine[i:i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
 
+    def endless(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches epoch after epoch, without end: the trainer's batch stream (the loader
+        never touches torch's global RNG, which drives dropout: see worker_generator)."""
+        while True:
+            yield from self
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, start, total = self.epoch, self.batch, len(self)
         self.dataset.set_epoch(epoch)

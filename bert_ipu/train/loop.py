@@ -130,7 +130,7 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
     # a fresh start keeps none of an earlier run's records.
     metrics.truncate_after(state.step if resumed is not None else -1)
     progress = Progress(c.total_steps, state.step, main and c.cfg.logging.progress_bar)
-    run = Run(c, state, out, stop, hooks, run_io.batch_stream(c.train_loader), metrics,
+    run = Run(c, state, out, stop, hooks, c.train_loader.endless(), metrics,
               progress, last_saved=resumed)
     if resumed is not None and state.eval_pending:
         redo_pending_eval(run)

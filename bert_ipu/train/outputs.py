@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -111,13 +111,6 @@ def write_config(cfg: Config, out: RunOutputs, tok: Any = None) -> None:
         save_config(cfg, out.output_dir / "config.yaml")
         if tok is not None:
             write_run_vocab(tok, out.output_dir)
-
-
-def batch_stream(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches, epoch after epoch (the loader never touches torch's global RNG,
-    which drives dropout: see PretrainingLoader.worker_generator)."""
-    while True:
-        yield from loader
 
 
 # ------------------------------------------------------------------ checkpoints

@@ -36,7 +36,6 @@ from torch import nn
 from bert_ipu.config import Config, load_config
 from bert_ipu.devices import resolve_device
 from bert_ipu.model import encoder_linear_shapes
-from bert_ipu.train import outputs as run_io
 from bert_ipu.train.build import Components, build_components
 from bert_ipu.train.loop import Run, TrainerHooks, train_step
 from bert_ipu.train.metrics import MetricsWriter, Progress
@@ -235,7 +234,7 @@ def sweep_updates(config: str | Path | None, overrides: Sequence[str], n_updates
 
     def build(cfg: Config) -> tuple[Components, Iterator[Batch]]:
         c = build_bench_components(cfg, synthetic)
-        return c, synthetic_batches(cfg) if synthetic else run_io.batch_stream(c.train_loader)
+        return c, synthetic_batches(cfg) if synthetic else c.train_loader.endless()
 
     if interleave:
         cases = [build(cfg) for cfg in cfgs]
@@ -264,7 +263,7 @@ def train_case(cfg: Config, synthetic: bool = True, warmup: int = 2) -> dict[str
     device = resolve_device(cfg.training.device).torch_device
     with PeakMemory(device) as peak:
         c = build_bench_components(cfg, synthetic)
-        batches = synthetic_batches(cfg) if synthetic else run_io.batch_stream(c.train_loader)
+        batches = synthetic_batches(cfg) if synthetic else c.train_loader.endless()
         timing = time_training(c, batches, warmup)
     out = {**timing.as_dict(), **state_bytes_report(c), "peak_memory_bytes": peak.peak_bytes,
            "peak_memory_method": peak.method, "precision": c.precision,
@@ -316,7 +315,7 @@ def profile_case(cfg: Config, steps: int = 2, top: int = 12, synthetic: bool = T
     from torch.profiler import ProfilerActivity, profile
 
     c = build_bench_components(cfg, synthetic)
-    run = make_run(c, synthetic_batches(cfg) if synthetic else run_io.batch_stream(c.train_loader))
+    run = make_run(c, synthetic_batches(cfg) if synthetic else c.train_loader.endless())
     train_step(run)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
