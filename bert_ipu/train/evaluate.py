@@ -56,13 +56,14 @@ def evaluate(
                 return None
             with autocast(precision, device):
                 out = model(**to_device(batch, device))
-            _accumulate(sums, out)
+            accumulate_eval(sums, out)
     finally:
         model.train(was_training)
-    return _means(sums)
+    return eval_means(sums)
 
 
-def _accumulate(sums: dict[str, float], out: Any) -> None:
+def accumulate_eval(sums: dict[str, float], out: Any) -> None:
+    """Add one batch's output (its losses, correct and counts) to the running sums."""
     mlm_count, nsp_count = float(out.mlm_count), float(out.nsp_count)
     sums["mlm_loss"] += float(out.mlm_loss) * mlm_count
     sums["mlm_correct"] += float(out.mlm_correct)
@@ -72,7 +73,8 @@ def _accumulate(sums: dict[str, float], out: Any) -> None:
     sums["nsp_count"] += nsp_count
 
 
-def _means(sums: dict[str, float]) -> dict[str, float]:
+def eval_means(sums: dict[str, float]) -> dict[str, float]:
+    """The split's means from the sums (averaged over predictions and sequences)."""
     mlm, nsp = max(sums["mlm_count"], 1e-9), max(sums["nsp_count"], 1e-9)
     return {
         "mlm_loss": sums["mlm_loss"] / mlm,

@@ -290,10 +290,14 @@ def run_eval(run: Run) -> dict[str, float]:
     c = run.c
     if c.eval_dataset is None:
         return {}
-    model, precision = c.runner.eval_model(c.core)  # IPU: an fp32 host copy
     batches = eval_batches(c.eval_dataset, c.cfg.training.micro_batch_size)
-    result = evaluate(model, batches, precision, c.device.torch_device,
-                      c.cfg.logging.eval_batches, should_stop=lambda: run.stop.requested)
+    through_stages = getattr(c.runner, "evaluate_held_out", None)  # pipelines: no gathering
+    if through_stages is not None:
+        result = through_stages(batches, c.cfg.logging.eval_batches, lambda: run.stop.requested)
+    else:
+        model, precision = c.runner.eval_model(c.core)  # IPU: an fp32 host copy
+        result = evaluate(model, batches, precision, c.device.torch_device,
+                          c.cfg.logging.eval_batches, should_stop=lambda: run.stop.requested)
     if result is None:  # a signal arrived: the stop checkpoint comes first
         return {}
     if run.state.step == 0:  # `initial_eval` of the summary: the untrained model only

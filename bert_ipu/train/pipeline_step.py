@@ -21,7 +21,7 @@ every stage's weights (evaluation, checkpoints).
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,7 @@ from bert_ipu.devices.pipeline import (
 from bert_ipu.model.bert import ENCODER_LINEARS, pretraining_output
 from bert_ipu.model.stages import BertStage, stage_module_names
 from bert_ipu.train.optim import build_optimizer, parameter_groups
+from bert_ipu.train.evaluate import accumulate_eval, eval_means, to_device
 from bert_ipu.train.precision import autocast
 from bert_ipu.train.step import StepResult, TorchStepRunner, flush_losses, optimizer_update
 from bert_ipu.logs import Log
@@ -185,6 +186,52 @@ class PipelineStepRunner(TorchStepRunner):
     def eval_model(self, core: nn.Module) -> tuple[nn.Module, str]:
         self.sync_to_host()
         return core, self.precision
+
+    @torch.no_grad()
+    def evaluate_held_out(self, batches: Iterable[dict[str, torch.Tensor]],
+                          max_batches: int | None, should_stop: Callable[[], bool]
+                          ) -> dict[str, float] | None:
+        """Held-out evaluation through the stages, no weights gathered: every rank reads
+        the same batches; replica r takes batches r, r + R, ...; stage 0 embeds and runs
+        its layers and sends the hidden states (fp32) to the next stage of its replica,
+        which runs its own layers, and so on; the last stage computes the losses. Only
+        the six sums travel (one all-reduce at the end). A stop request seen by any rank
+        abandons it on all (None), between batches."""
+        lay, dev = self.layout, self.device.torch_device
+        sums = dict.fromkeys(("mlm_loss", "mlm_correct", "mlm_count", "nsp_loss",
+                              "nsp_correct", "nsp_count"), 0.0)
+        was_training = self.stage_module.training
+        self.stage_module.eval()
+        try:
+            for index, batch in enumerate(batches):
+                if max_batches is not None and index >= max_batches:
+                    break
+                if D.any_rank(should_stop(), self.dist, dev):
+                    return None
+                if index % self.replicas == lay.replica:
+                    self._eval_batch(to_device(batch, dev), sums)
+        finally:
+            self.stage_module.train(was_training)
+        total = torch.tensor(list(sums.values()), dtype=torch.float64)
+        dist.all_reduce(total)  # only the last stages hold non-zero sums
+        return eval_means(dict(zip(sums, total.tolist())))
+
+    def _eval_batch(self, b: dict[str, torch.Tensor], sums: dict[str, float]) -> None:
+        lay, dev = self.layout, self.device.torch_device
+        mask, positions = b["attention_mask"], b["masked_lm_positions"]
+        if lay.is_first:
+            x = b["input_ids"]
+        else:
+            x = torch.empty(*b["input_ids"].shape, self.cfg.model.hidden_size, device=dev)
+            dist.recv(x, src=lay.rank_of(lay.stage - 1, lay.replica))
+        with autocast(self.precision, dev):
+            out = self.stage_module(x, mask, positions,
+                                    b["token_type_ids"] if lay.is_first else None)
+        if not lay.is_last:
+            dist.send(out[0].float().contiguous(), dst=lay.rank_of(lay.stage + 1, lay.replica))
+            return
+        accumulate_eval(sums, pretraining_output(out[0], out[1], b["masked_lm_ids"],
+                                                 b["masked_lm_weights"], b["next_sentence_label"]))
 
     def checkpoint_files(self, controller: Any | None, scaler: Any) -> dict[str, Any]:
         """`stage-S.pt` (optimizer, controller and loss-scaler state of stage S, from
