@@ -19,7 +19,9 @@ def dry_run(cfg: Config, log: Log = print) -> dict[str, Any]:
     controller; no step, and output_dir is neither created nor written (only checked).
     Returns what a run would do."""
     from bert_ipu.store.checkpoint import check_creatable
+    from bert_ipu.trackers import check_trackers
 
+    check_trackers(cfg.logging.trackers)
     check_creatable(Path(cfg.output_dir), "output_dir")
     check_creatable(Path(cfg.checkpoint.checkpoint_output_dir), "checkpoint.checkpoint_output_dir")
     with StopRequest(immediate=True):
