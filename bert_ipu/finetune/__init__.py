@@ -1,9 +1,9 @@
 """Downstream fine-tuning and evaluation of an exported model (sentence and sentence-pair
-classification): `python -m bert_ipu.finetune --model DIR --task TASK`.
+classification or regression): `python -m bert_ipu.finetune --model DIR --task TASK`.
 
-Modules: data (CSV/TSV/JSON files or `datasets` -> Task), metrics (accuracy, F1, MCC),
-trainer (the fine-tuning loop on `transformers`), demo (the offline docstring-topic task),
-cli (the command line).
+Modules: data (CSV/TSV/JSON files or `datasets` -> Task), metrics (accuracy, F1, MCC;
+Pearson, Spearman, MSE), trainer (on the `transformers` Trainer), demo (the offline
+docstring-topic task and its settings procedure), cli (the command line).
 """
 from bert_ipu.finetune.data import Task, TaskError, load_task
 from bert_ipu.finetune.trainer import FinetuneSettings, finetune
