@@ -16,7 +16,8 @@ Columns: ``seq/s`` (the run's summary: sequences per second of training steps,
 evaluation and checkpoints excluded); ``bubble`` = (P - 1) / (M + P - 1), the idle
 fraction of a P-stage schedule over M micro-batches (0 for data parallelism);
 ``lost`` = 1 - seq/s / (procs x single seq/s): the bubble plus communication and
-contention measured against perfect scaling of the single process.
+contention measured against perfect scaling of the single process; ``peak RSS/rank``:
+every rank's peak resident memory (the summary's `peak_memory_mib`, rank order).
 """
 from __future__ import annotations
 
@@ -83,15 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, procs, extra in cases(args.procs, args.accumulation, layers):
             summary = run_case(Path(args.config), procs, common + extra, Path(tmp) / name)
-            rows.append({"case": name, "procs": procs, "seq_per_s": summary["sequences_per_second"]})
+            rss = [m["rss"] for m in summary.get("peak_memory_mib") or []]
+            rows.append({"case": name, "procs": procs, "seq_per_s": summary["sequences_per_second"],
+                         "peak_rss_mib": rss})
     single = rows[0]["seq_per_s"]
-    print(f"{'case':8} {'procs':>5} {'seq/s':>8} {'bubble':>7} {'lost':>6}")
+    print(f"{'case':8} {'procs':>5} {'seq/s':>8} {'bubble':>7} {'lost':>6} {'peak RSS/rank MiB':>20}")
     for r in rows:
         pipelined = r["case"] in ("gpipe", "1f1b")
         r["bubble"] = (args.procs - 1) / (args.accumulation + args.procs - 1) if pipelined else 0.0
         r["lost"] = 1 - r["seq_per_s"] / (r["procs"] * single)
+        rss = "/".join(f"{v:.0f}" for v in r["peak_rss_mib"]) or "-"
         print(f"{r['case']:8} {r['procs']:>5} {r['seq_per_s']:>8.1f} {r['bubble']:>7.3f} "
-              f"{r['lost']:>6.3f}")
+              f"{r['lost']:>6.3f} {rss:>20}")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
                                          "rows": rows}, indent=1))

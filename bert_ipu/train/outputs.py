@@ -281,6 +281,19 @@ def summary(c: Components, state: TrainState, timer: Throughput,
         out["dof_mean"] = c.controller.pattern_metrics()["dof_mean"]
         out["pattern_updates"] = state.pattern_updates
         out["pattern_update_time_s"] = state.update_time_s
+    out["peak_memory_mib"] = D.gather_objects(peak_memory_mib(c.device.torch_device), c.dist)
+    return out
+
+
+def peak_memory_mib(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory (RSS, MiB) and, on CUDA, the peak memory torch
+    allocated on its GPU: one entry per rank in the summary (`peak_memory_mib`)."""
+    import resource
+
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    out = {"rss": round(rss_kib / 1024, 1)}
+    if device.type == "cuda":
+        out["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
 
 

@@ -292,6 +292,8 @@ def test_two_nodes_on_localhost_train_the_2x2_layout_as_one_node(tiny_data, tmp_
     launch(tmp_path, tiny_data, "one_node", 4, **{KEY: [1, 1]})
     launch(tmp_path, tiny_data, "two_nodes", 4, nodes=2, **{KEY: [1, 1]})
     assert_same_run(tmp_path / "one_node", tmp_path / "two_nodes")
+    summary = json.loads((tmp_path / "two_nodes" / "summary.json").read_text())
+    assert len(summary["peak_memory_mib"]) == 4 and all(m["rss"] > 0 for m in summary["peak_memory_mib"])
 
 
 @pytest.mark.slow

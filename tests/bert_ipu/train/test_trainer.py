@@ -39,6 +39,8 @@ def test_tiny_run_writes_metrics_eval_summary_and_checkpoints(tiny_data, tmp_pat
     assert saved["steps"] == 12 and saved["pattern_updates"] == 3
     assert saved["final_eval"] == final and 0 < saved["dof_mean"] <= 1
     assert saved["total_flops"] == steps[-1]["flops"]
+    (memory,) = saved["peak_memory_mib"]            # one entry per rank
+    assert 50 < memory["rss"] < 64 * 1024 and "cuda_allocated" not in memory
     assert [p.name for _, p in ck.list_checkpoints(out / "checkpoints")] == [
         "step_00000008", "step_00000012"]
     assert (out / "config.yaml").is_file()
