@@ -286,6 +286,53 @@ def test_sigterm_to_a_pipelined_job_ends_it_within_a_step_with_a_resumable_check
 
 
 @pytest.mark.slow
+def test_a_stage_killed_mid_run_ends_the_job_promptly_and_keeps_the_checkpoints(tiny_data,
+                                                                               tmp_path):
+    """Issue 23, bad input: kill -9 of one stage's process mid-run. The launcher ends the
+    job (no hang) with the failing rank named, and every checkpoint written before stays
+    loadable (the resume point)."""
+    import signal
+    import time
+
+    import psutil
+
+    settings = {KEY: [1, 1], "training.training_steps": 200, "sparsity.n_updates": 4,
+                "checkpoint.checkpoint_steps": 5, "logging.log_steps": 1}
+    corpus, cache = tiny_data
+    import yaml
+
+    from bert_ipu.schema import apply_overrides
+
+    config = tmp_path / "killed.yaml"
+    config.write_text(yaml.safe_dump(apply_overrides({}, tiny_overrides(
+        corpus, tmp_path / "killed", cache, **{"model.hidden_dropout_prob": 0.0,
+                                                 "training.gradient_accumulation": 2,
+                                                 **settings}))))
+    job = subprocess.Popen([sys.executable, "-m", "bert_ipu.launch", "--standalone",
+                            "--nproc_per_node=2", "-m", "bert_ipu.pretrain", "--config",
+                            str(config)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.poll() is None and not (
+            checkpoints.exists() and len(list(checkpoints.glob("step_*"))) >= 2):
+        time.sleep(0.05)
+    assert job.poll() is None, "the run ended before the kill"
+    workers = [p for p in psutil.Process(job.pid).children(recursive=True)
+               if "bert_ipu.pretrain" in " ".join(p.cmdline())]
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, err = job.communicate(timeout=180)
+    ended = time.monotonic() - killed_at
+    print(f"the job ended {ended:.1f} s after the kill, exit code {job.returncode}")
+    assert ended < 120 and job.returncode not in (0, None)
+    assert "launch: rank" in err and "ended with exit code" in err, err[-2000:]
+    saved = ck.list_checkpoints(checkpoints)
+    assert saved and all(ck.load_checkpoint(path)["model.pt"] for _, path in saved)
+
+
+@pytest.mark.slow
 def test_two_nodes_on_localhost_train_the_2x2_layout_as_one_node(tiny_data, tmp_path):
     """Issue 23: two launcher processes with a c10d rendezvous on localhost (two 'hosts'
     of 2 ranks each) train 2 stages x 2 replicas and equal the same layout on one node."""
