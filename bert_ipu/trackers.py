@@ -18,7 +18,6 @@ missing one before any work starts.
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import logging
 import os
@@ -38,6 +37,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "csv": ("csv", ""),
 }
 TRACKERS = tuple(PACKAGES)
+TENSORBOARD_DIR, CSV_FILE = "tensorboard", "metrics.csv"
+"""What the tensorboard and csv trackers write in the output folder."""
 
 
 class TrackerError(ConfigError):
@@ -56,15 +57,14 @@ class TrackerRun:
     """Where offline tracker files go (null: the output folder)."""
     params: Mapping[str, Any] = field(default_factory=dict)
     """Flat hyper-parameters (`section.key` -> value)."""
+    run_id: str = ""
+    """This run's id in the trackers: drawn at a fresh start and kept in the checkpoints,
+    so a resumed run reports to the same W&B / MLflow run and a fresh start in the same
+    folder to a new one."""
 
     @property
     def root(self) -> Path:
         return Path(self.directory) if self.directory is not None else Path(self.output_dir)
-
-    @property
-    def run_id(self) -> str:
-        """A stable id of the output folder: a resumed run reports to the same run."""
-        return hashlib.sha256(str(Path(self.output_dir).resolve()).encode()).hexdigest()[:16]
 
 
 class Tracker(Protocol):
@@ -111,7 +111,7 @@ class TensorBoardTracker:
     def __init__(self, run: TrackerRun) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(Path(run.output_dir) / "tensorboard"))
+        self._writer = SummaryWriter(log_dir=str(Path(run.output_dir) / TENSORBOARD_DIR))
         if run.params:
             self._writer.add_text("config", "\n".join(
                 f"    {k}: {v}" for k, v in sorted(run.params.items())), 0)
@@ -135,7 +135,7 @@ class WandbTracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         run.root.mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(project=run.project, group=run.group, name=run.name,
-                               id=run.run_id, resume="allow", dir=str(run.root),
+                               id=run.run_id or None, resume="allow", dir=str(run.root),
                                config=dict(run.params), reinit="create_new")
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
@@ -160,7 +160,8 @@ class MlflowTracker:
         experiment = run.group or run.project
         found = self._client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found else self._client.create_experiment(experiment)
-        runs = self._client.search_runs([exp_id], f"tags.dynsp_run_id = '{run.run_id}'")
+        runs = self._client.search_runs([exp_id], f"tags.dynsp_run_id = '{run.run_id}'") \
+            if run.run_id else []
         if runs:  # a resumed run continues its MLflow run
             self._id = runs[0].info.run_id
         else:
@@ -193,7 +194,7 @@ class CsvTracker:
     HEADER = ["step", "name", "value"]
 
     def __init__(self, run: TrackerRun) -> None:
-        self.path = Path(run.output_dir) / "metrics.csv"
+        self.path = Path(run.output_dir) / CSV_FILE
         new = not self.path.exists()
         self._handle = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._handle)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -125,7 +126,10 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
     resumed = run_io.maybe_resume(c, state, out, log)
     run_io.write_config(c.cfg, out, c.tokenizer)
     main = c.dist.is_main
-    metrics = MetricsWriter(out.output_dir, main, open_run_trackers(c.cfg, out) if main else [])
+    if not state.tracker_run_id:  # a fresh start (or a checkpoint from before the field)
+        state.tracker_run_id = uuid.uuid4().hex[:16]  # os.urandom: no RNG state touched
+    metrics = MetricsWriter(out.output_dir, main,
+                            open_run_trackers(c.cfg, out, state.tracker_run_id) if main else [])
     # Records past the resumed step come from the interrupted run and are logged again;
     # a fresh start keeps none of an earlier run's records.
     metrics.truncate_after(state.step if resumed is not None else -1)
@@ -137,13 +141,13 @@ def start_run(c: Components, out: run_io.RunOutputs, stop: StopRequest, hooks: T
     return run
 
 
-def open_run_trackers(cfg: Config, out: run_io.RunOutputs) -> list[Tracker]:
+def open_run_trackers(cfg: Config, out: run_io.RunOutputs, run_id: str) -> list[Tracker]:
     """The trackers of logging.trackers for this run, its config as hyper-parameters."""
     lg = cfg.logging
     return open_trackers(lg.trackers, TrackerRun(
         output_dir=out.output_dir, name=cfg.name, project=lg.tracker_project,
         group=lg.tracker_group, directory=Path(lg.tracker_dir) if lg.tracker_dir else None,
-        params=flatten(config_to_dict(cfg))))
+        params=flatten(config_to_dict(cfg)), run_id=run_id))
 
 
 def redo_pending_eval(run: Run) -> None:

@@ -31,9 +31,11 @@ from bert_ipu.fsutil import EXPORT_MARKERS, UnsafeTargetError, check_replaceable
 from bert_ipu.schema import dump_yaml
 from bert_ipu.train.metrics import Throughput, write_json
 from bert_ipu.train.resume_check import first_line, structural_differences
+from bert_ipu.store.jsonl import LAYER_FILE, METRICS_FILE, UPDATES_FILE
 from bert_ipu.store.runlock import RunLock
 from bert_ipu.train.state import TrainState, capture_grads, capture_rng, restore_grads, restore_rng
 from bert_ipu.store.vocab import VOCAB, check_same_vocab, vocab_text, vocab_tokens, write_run_vocab
+from bert_ipu.trackers import CSV_FILE, TENSORBOARD_DIR
 from bert_ipu.logs import Log
 
 log = logging.getLogger(__name__)
@@ -224,12 +226,15 @@ def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
     return ck.CheckpointId(state.step, state.micro_step)
 
 
-RUN_FILES = ("metrics.jsonl", "config.yaml", "eval.json", "summary.json", VOCAB)
+RUN_FILES = (METRICS_FILE, UPDATES_FILE, LAYER_FILE, CSV_FILE, TENSORBOARD_DIR, "config.yaml",
+             "eval.json", "summary.json", VOCAB)
+"""What a run leaves in its output folder (moved away by a fresh start over it)."""
 
 
 def archive_earlier_run(out: RunOutputs) -> Path | None:
     """A fresh start in a folder that holds an earlier run's checkpoints or metrics
-    moves them (with its config.yaml, eval.json, summary.json, vocab.txt) to
+    moves them (with the other RUN_FILES: update records, CSV and TensorBoard metrics,
+    config.yaml, eval.json, summary.json, vocab.txt) to
     `checkpoints/previous-<time>/`, so `latest` can never mix the two runs and nothing
     saved is lost or overwritten."""
     found = ck.list_checkpoints(out.checkpoint_dir)

@@ -47,6 +47,8 @@ class TrainState:
     under `steps`): the logged loss is their mean over the logging interval."""
     first_eval: dict[str, float] = field(default_factory=dict)
     """The held-out evaluation of the untrained model (step 0; for the summary)."""
+    tracker_run_id: str = ""
+    """The run's id in the experiment trackers (drawn at a fresh start; see trackers.py)."""
     eval_pending: bool = False
     """The evaluation due at `step` was cut short by a stop signal: redone on resume."""
 

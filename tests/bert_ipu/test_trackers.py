@@ -158,10 +158,34 @@ def test_tracker_names_are_checked_and_the_old_key_still_reads():
                             ).logging.trackers == ("csv",)
 
 
-def test_flatten_and_the_run_id_of_a_folder(tmp_path):
+def test_flatten_and_no_trackers(tmp_path):
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": None}
-    assert TrackerRun(tmp_path, "x", "p").run_id == TrackerRun(tmp_path / ".", "y", "q").run_id
     assert open_trackers((), TrackerRun(tmp_path, "x", "p")) == []
+
+
+@needs["mlflow"]
+@pytest.mark.usefixtures("one_thread", "offline")
+def test_a_resume_continues_its_tracker_run_and_a_fresh_start_gets_a_new_one(tiny_data, tmp_path):
+    """The tracker run id is drawn at a fresh start and checkpointed: a fresh start over
+    an earlier run's folder (which archives that run) must not report into its run."""
+    import mlflow
+
+    from bert_ipu.train.loop import TrainerHooks
+    from bert_ipu.train.signals import TrainingInterrupted
+
+    store = {"logging.tracker_dir": str(tmp_path / "store"), "checkpoint.checkpoint_steps": 2}
+    with pytest.raises(TrainingInterrupted):
+        _tiny_run_with(tiny_data, tmp_path / "run", ["mlflow", "csv"],
+                       hooks=TrainerHooks(stop_at=(3, 0)), **store)
+    _tiny_run_with(tiny_data, tmp_path / "run", ["mlflow", "csv"], **store,
+                   **{"checkpoint.resume_training_from_checkpoint": "latest"})
+    client = mlflow.MlflowClient(tracking_uri=(tmp_path / "store" / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("dynsp-bert").experiment_id
+    assert len(client.search_runs([experiment])) == 1          # the resume continued it
+    _tiny_run_with(tiny_data, tmp_path / "run", ["mlflow", "csv"], **store)   # fresh start
+    assert len(client.search_runs([experiment])) == 2
+    (archived,) = (tmp_path / "run" / "checkpoints").glob("previous-*")
+    assert (archived / "metrics.csv").is_file() and (archived / "dynsp_updates.jsonl").is_file()
 
 
 def test_a_sweep_groups_its_runs(tmp_path):
