@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 import types
@@ -31,7 +32,7 @@ import yaml
 __all__ = [
     "ConfigError", "coerce", "describe", "from_dict", "to_dict", "read_yaml_tree",
     "parse_override", "apply_overrides", "deep_merge", "parse_yaml_value", "dump_yaml",
-    "need", "check_ranges", "choices", "tags", "tagged", "field_choices", "coerce_fields", "pos", "nonneg", "unit",
+    "need", "check_ranges", "choices", "tags", "tagged", "flatten_tree", "field_choices", "coerce_fields", "pos", "nonneg", "unit",
     "unit_open",
 ]
 
@@ -429,6 +430,23 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
         tp = hints[key]
         kwargs[key] = from_dict(tp, value, path) if dataclasses.is_dataclass(tp) else value
     return cls(**kwargs)
+
+
+def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as dotted keys: {'a': {'b': 1, 'c': [1]}} -> {'a.b': 1,
+    'a.c': '[1]'} (lists as their JSON text, so that every value is a scalar or null).
+
+    >>> flatten_tree({"a": {"b": 1, "c": [1, "x"]}, "d": None})
+    {'a.b': 1, 'a.c': '[1, "x"]', 'd': None}
+    """
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_tree(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return out
 
 
 def to_dict(obj: Any) -> Any:

@@ -93,19 +93,6 @@ def open_trackers(names: tuple[str, ...], run: TrackerRun) -> list[Tracker]:
     return [OPENERS[name](run) for name in names]
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their string."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value if isinstance(value, (int, float, str, bool)) or value is None \
-                else str(value)
-    return out
-
-
 # ----------------------------------------------------------------------------- trackers
 class TensorBoardTracker:
     def __init__(self, run: TrackerRun) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from bert_ipu.config import Config, ConfigError, ModelConfig
 from bert_ipu.config.sections import default_heads, default_intermediate
 from bert_ipu.model import encoder_linear_shapes
-from bert_ipu.schema import parse_yaml_value, tagged
+from bert_ipu.schema import flatten_tree, parse_yaml_value, tagged
 from bert_ipu.store.jsonl import METRICS_FILE, UPDATES_FILE, read_run_jsonl
 from bert_ipu.sweep.runner import RUN_RECORD
 
@@ -32,17 +32,6 @@ CONTEXT = {meta["label"]: path for path, meta in tagged(Config, "context").items
 METRICS = ("steps", "sequences", "total_flops", "nonembedding_params", "mlm_loss",
            "mlm_accuracy", "nsp_loss", "nsp_accuracy", "dof", "removed_new_fraction",
            "wall_s", "sequences_per_second")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v) if isinstance(v, list) else v
-    return out
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -119,7 +108,7 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
     some runs of a method set and others not (seeds and names excepted; a dense run has no
     block size, which does not make the block size vary), less model settings that only
     follow the hidden size (FFN 4H, H/64 heads)."""
-    flat = [_flatten(c) for c in configs]
+    flat = [flatten_tree(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
 
     def derived(k: str) -> bool:
@@ -154,7 +143,7 @@ def collect_runs(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     keys = varying_keys([c for c in configs if c])  # a run that failed early has none
     rows = []
     for d, c in zip(dirs, configs):
-        flat = _flatten(c)
+        flat = flatten_tree(c)
         context = {name: flat.get(key) for name, key in CONTEXT.items()}
         rows.append({**{k: flat.get(k) for k in keys}, **context, **_run_row(d, c)})
     return rows, keys

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from bert_ipu.config import Config, config_to_dict
+from bert_ipu.schema import flatten_tree
 from bert_ipu.devices import distributed as D
 from bert_ipu.store import checkpoint as ck
 from bert_ipu.train import outputs as run_io
@@ -37,7 +38,7 @@ from bert_ipu.train.metrics import MetricsWriter, Progress, Throughput, format_s
 from bert_ipu.train.signals import StopRequest, TrainingInterrupted
 from bert_ipu.train.state import TrainState
 from bert_ipu.train.step import LOSS_KEYS, StepResult, poll_stop_hook
-from bert_ipu.trackers import Tracker, TrackerRun, check_trackers, flatten, open_trackers
+from bert_ipu.trackers import Tracker, TrackerRun, check_trackers, open_trackers
 from bert_ipu.logs import Log
 
 
@@ -147,7 +148,7 @@ def open_run_trackers(cfg: Config, out: run_io.RunOutputs, run_id: str) -> list[
     return open_trackers(lg.trackers, TrackerRun(
         output_dir=out.output_dir, name=cfg.name, project=lg.tracker_project,
         group=lg.tracker_group, directory=Path(lg.tracker_dir) if lg.tracker_dir else None,
-        params=flatten(config_to_dict(cfg)), run_id=run_id))
+        params=flatten_tree(config_to_dict(cfg)), run_id=run_id))
 
 
 def redo_pending_eval(run: Run) -> None:

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from bert_ipu.config import ConfigError, config_from_dict, load_config
-from bert_ipu.trackers import TrackerError, TrackerRun, check_trackers, flatten, open_trackers
+from bert_ipu.schema import flatten_tree
+from bert_ipu.trackers import TrackerError, TrackerRun, check_trackers, open_trackers
 from tests.bert_ipu.tiny_run import error_line, one_thread, run_tiny, tiny_data, tiny_overrides  # noqa: F401
 
 needs = {name: pytest.mark.skipif(importlib.util.find_spec(name) is None,
@@ -159,7 +160,7 @@ def test_tracker_names_are_checked_and_the_old_key_still_reads():
 
 
 def test_flatten_and_no_trackers(tmp_path):
-    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": None}
+    assert flatten_tree({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": None}
     assert open_trackers((), TrackerRun(tmp_path, "x", "p")) == []
 
 
