@@ -47,3 +47,17 @@ def _transformers_logs_to_this_tests_stderr():
     if handler is not None:
         handler.stream = sys.stderr   # not setStream: it flushes the old, closed stream
     yield
+
+
+@pytest.fixture(scope="module")
+def ext():
+    """The C++ CPU kernels extension (sparse_ops/kernels/cpp_bsr.cpp), built once; the test
+    is skipped where it cannot be built. Leaves the instruction set to the CPU's own."""
+    from sparse_ops.kernels import cpp_build
+
+    module = cpp_build.load()
+    if module is None:
+        pytest.skip("the C++ kernels cannot be built on this machine (see the warning line); "
+                    "the model then uses torch's dropout and the other backends")
+    yield module
+    module.force_isa(-1)

@@ -23,15 +23,6 @@ CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def ext():
-    module = cpp_build.load()
-    if module is None:
-        pytest.skip("the C++ kernels cannot be built on this machine (see the warning line)")
-    yield module
-    module.force_isa(-1)
-
-
 def _isas(ext) -> list[int]:
     """Instruction-set paths to test: AVX2 (1) always, AVX-512 (2) where the CPU has it."""
     return [1, 2] if ext.isa() == "avx512" else [1]

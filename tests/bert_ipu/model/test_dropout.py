@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -14,14 +13,6 @@ from bert_ipu.model import dropout as D
 from sparse_ops.kernels import cpp_build
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def ext():
-    module = cpp_build.load()
-    if module is None:
-        pytest.skip("the C++ extension cannot be built here: the model uses torch's dropout")
-    return module
 
 
 def test_mask_has_the_right_rate_and_scale_for_every_dtype(ext) -> None:
