@@ -24,7 +24,7 @@ Trainer, `sparse_ops.hf.DynSpCallback` calls the controller at the right moments
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -59,7 +59,7 @@ def sparsify(model: nn.Module, sparsity: float = 0.9, block_size: int = 16,
              backend: str = "auto", seed: int = 0, *,
              density: Optional[Mapping[str, float]] = None,
              layer_seed: Optional[Callable[[str], int]] = None,
-             inactive: str = "zero") -> list[str]:
+             inactive: str = "zero", device: Union[torch.device, str, None] = None) -> list[str]:
     """Replace the matching nn.Linear layers of `model` by SparseLinear, in place; returns
     their names. SparsifyError (one line) when nothing matches, a layer's shape is not a
     multiple of `block_size`, or an argument is out of range; nothing is changed then.
@@ -70,7 +70,9 @@ def sparsify(model: nn.Module, sparsity: float = 0.9, block_size: int = 16,
     which other layers exist), else one generator from `seed` serves them in order.
     `inactive` is SparseLinear's mode for inactive blocks ("zero", or "frozen" fixed
     random weights seeded by layer_seed(name) + 1). Dense layers on the meta device (no
-    memory) become SparseLinear on the CPU with init="random"."""
+    memory) become SparseLinear on the CPU with init="random", or on `device` when given
+    (device="meta": shape-only layers with their patterns' sizes, e.g. the layers of other
+    pipeline stages)."""
     if not 0.0 <= sparsity < 1.0:
         raise SparsifyError(f"sparsify: argument 'sparsity' must be in [0, 1), got {sparsity!r}")
     if init not in ("magnitude", "random"):
@@ -99,10 +101,13 @@ def sparsify(model: nn.Module, sparsity: float = 0.9, block_size: int = 16,
                                                 backend=backend)
             else:
                 own = None if layer_seed is None else int(layer_seed(name))
-                device = None if dense.weight.is_meta else dense.weight.device
+                if device is None:
+                    where = None if dense.weight.is_meta else dense.weight.device
+                else:
+                    where = torch.device(device)
                 layer = SparseLinear(dense.in_features, dense.out_features, dense.bias is not None,
                                      sparsity=sparsity, density=layer_density,
-                                     block_size=block_size, backend=backend, device=device,
+                                     block_size=block_size, backend=backend, device=where,
                                      dtype=dense.weight.dtype,
                                      generator=None if own is not None else generator,
                                      seed=own, inactive=inactive,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -117,6 +117,13 @@ def owner_stage(name: str, layout: PipelineLayout) -> int:
     return 0 if name.startswith("bert.embeddings.") else layout.stages - 1
 
 
+def stage_keeps(layout: PipelineLayout) -> Callable[[str], bool]:
+    """State-dict name -> whether this rank's stage builds and trains it (the `keep` of
+    bert_ipu.model.build_model; the tied word embedding is kept on the first and the
+    last stage, through either of its names)."""
+    return lambda name: owner_stage(name, layout) == layout.stage
+
+
 @dataclass
 class PipelineGroups:
     """Process groups of one rank: its pipeline (pp: the schedule's activations and
@@ -149,21 +156,3 @@ def make_groups(layout: PipelineLayout, device_type: str) -> PipelineGroups:
             mine = groups
     return PipelineGroups(pp=mine[0], stages=mine[1], dp=mesh.get_group("dp"), tie=mine[2],
                           mesh=mesh)
-
-
-def broadcast_owned(state: dict[str, torch.Tensor], layout: PipelineLayout) -> None:
-    """Give every rank the trained values of every entry of `state` (a full model's
-    state dict, tensors sharing storage with the model): each from replica 0 of the
-    stage that owns it. Collective over the world group."""
-    me = dist.get_rank()
-    with torch.no_grad():
-        for name, tensor in state.items():
-            src = layout.rank_of(owner_stage(name, layout), 0)
-            if me == src:
-                dist.broadcast(tensor, src=src)
-                continue
-            # Receive into a copy, then copy_: bumps the version counter that the
-            # kernels' pattern-derived caches key on (rows / cols buffers).
-            buf = tensor.clone()
-            dist.broadcast(buf, src=src)
-            tensor.copy_(buf)

@@ -79,6 +79,8 @@ def init_from_pretrained(model: nn.Module, cfg: Config, tok: TokenizerInfo | Non
             check_same_vocab(vocab, tok, where)
         except ValueError as exc:
             raise ConfigError(str(exc), "data.vocab_file") from None
-    check_fits(model.state_dict(), state, where)
-    model.load_state_dict(state, strict=True)
+    own = model.state_dict()
+    check_fits(own, state, where)
+    mine = {k: v for k, v in state.items() if not own[k].is_meta}  # a pipeline stage's
+    model.load_state_dict(mine, strict=len(mine) == len(state))
     log(f"init: weights and sparsity patterns from {where}")

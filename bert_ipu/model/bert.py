@@ -14,6 +14,7 @@ vocabulary projection [.., H] -> [.., V] never sees all S tokens.
 from __future__ import annotations
 
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -314,29 +315,61 @@ def init_weights(model: nn.Module, std: float, generator: torch.Generator) -> No
     """HF `_init_weights` semantics with truncation at 2 std: weights and embeddings
     ~ truncated normal(0, std), biases 0, LayerNorm weight 1, the [PAD] embedding row
     0, SparseLinear values ~ truncated normal. Tied parameters are initialised once, in
-    module order, so the result depends only on the generator."""
+    module order, so the result depends only on the generator. A parameter on the meta
+    device (another pipeline stage's) still takes its draws from the generator, which
+    are discarded: the others get the values of the whole model's build."""
     seen: set[int] = set()
     for module in model.modules():
         for pname, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue
             seen.add(id(param))
-            if isinstance(module, nn.LayerNorm):
-                param.fill_(1.0 if pname == "weight" else 0.0)
-            elif pname == "bias" or param.ndim == 1:
-                param.zero_()
-            else:
+            random = not (isinstance(module, nn.LayerNorm) or pname == "bias" or param.ndim == 1)
+            if random:
                 fresh = torch.empty(param.shape, dtype=torch.float32)
                 nn.init.trunc_normal_(fresh, 0.0, std, -2 * std, 2 * std, generator=generator)
+            if param.is_meta:
+                continue
+            if random:
                 param.copy_(fresh)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            else:
+                param.fill_(1.0 if isinstance(module, nn.LayerNorm) and pname == "weight" else 0.0)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None \
+                and not module.weight.is_meta:
             module.weight[module.padding_idx].zero_()
 
 
-def build_model(model_cfg: ModelConfig, sparsity_cfg: SparsityConfig,
-                seed: int) -> BertForPreTraining:
+def materialize(model: nn.Module, keep: Callable[[str], bool]) -> None:
+    """Parameters and buffers of `model` on the meta device whose full name `keep`
+    accepts become (uninitialised) CPU tensors, in place; a tied parameter is
+    materialised once, when `keep` accepts any of its names, and stays tied."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    made: dict[int, nn.Parameter] = {}
+    for mname, module in model.named_modules():
+        for pname, p in list(module._parameters.items()):
+            if p is None or not p.is_meta:
+                continue
+            if id(p) not in made:
+                if not any(keep(n) for n in names[id(p)]):
+                    continue
+                made[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype), p.requires_grad)
+            module._parameters[pname] = made[id(p)]
+        for bname, b in list(module._buffers.items()):
+            if b is not None and b.is_meta and keep(f"{mname}.{bname}" if mname else bname):
+                module._buffers[bname] = torch.empty(b.shape, dtype=b.dtype)
+
+
+def build_model(model_cfg: ModelConfig, sparsity_cfg: SparsityConfig, seed: int,
+                keep: Callable[[str], bool] | None = None) -> BertForPreTraining:
     """The configured model on CPU, initialised from `seed` (the global RNG is left as
-    it was); sparse patterns come from (sparsity.seed, module name)."""
+    it was); sparse patterns come from (sparsity.seed, module name).
+
+    `keep` (full state-dict name -> bool; a pipeline stage's) builds only the accepted
+    parameters and buffers on the CPU, with the values the whole model would have; the
+    rest stays on the meta device (its shapes, no memory), so a process never holds
+    the weights, patterns or gradients of another stage."""
     if model_cfg.vocab_size is None:  # resolved by Config from data.vocab_size
         raise ValueError("build_model: argument 'model_cfg' must have vocab_size set (build "
                          "it through bert_ipu.config.Config, or pass vocab_size), got None")
@@ -347,16 +380,23 @@ def build_model(model_cfg: ModelConfig, sparsity_cfg: SparsityConfig,
         names.append(name)   # a sparse model's are placeholders (meta) until sparsify
         return nn.Linear(in_f, out_f, device="meta" if sparse else None)
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta") if keep else nullcontext():
         model = BertForPreTraining(model_cfg, linear)
     if sparse:
-        sparsify_encoder(model, names, sparsity_cfg, linear_densities(model_cfg, sparsity_cfg))
+        densities = linear_densities(model_cfg, sparsity_cfg)
+        mine = [n for n in names if keep is None or keep(f"{n}.values")]
+        others = [n for n in names if n not in mine]
+        for group, device in ((mine, None), (others, "meta")):
+            if group:
+                sparsify_encoder(model, group, sparsity_cfg, densities, device=device)
+    if keep is not None:
+        materialize(model, keep)
     init_weights(model, model_cfg.initializer_range, torch.Generator().manual_seed(seed))
     return model
 
 
 def sparsify_encoder(model: nn.Module, names: list[str], sparsity_cfg: SparsityConfig,
-                     densities: dict[str, float]) -> None:
+                     densities: dict[str, float], device: str | None = None) -> None:
     """The encoder linears `names` become compressed SparseLinear through the public API
     (`sparse_ops.sparsify`, the same call a user makes on their own model): a random
     pattern per layer with its density, seeded from (sparsity.seed, name), the
@@ -366,7 +406,8 @@ def sparsify_encoder(model: nn.Module, names: list[str], sparsity_cfg: SparsityC
     base = sparsity_cfg.seed or 0
     sparsify(model, block_size=sparsity_cfg.block_size, patterns=names, init="random",
              backend=sparsity_cfg.backend, density=densities,
-             layer_seed=lambda name: _name_seed(base, name), inactive=sparsity_cfg.inactive)
+             layer_seed=lambda name: _name_seed(base, name), inactive=sparsity_cfg.inactive,
+             device=device)
 
 
 def sparse_modules(model: nn.Module) -> dict[str, nn.Module]:

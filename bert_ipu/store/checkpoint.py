@@ -14,6 +14,12 @@ of the next step already accumulated) under the run's checkpoint folder:
     vocab.txt       the run's vocabulary (token id = line; resume checks it, store/vocab.py)
     manifest.json   {"format", "step", "micro_step", "files": {name: {sha256, bytes}}}
 
+A pipelined run's checkpoint is sharded (manifest `"sharded": true`): model.pt,
+optimizer.pt and controller.pt are replaced by torch.distributed.checkpoint shards that
+every rank writes in parallel (`__R_0.distcp`, `.metadata`; see sharded.py) and
+`sharded.pt`; the other files are the same. `load_checkpoint` reads it back as the
+single-process files, so every reader (resume, export) takes either kind.
+
 Writing: a temporary folder `.tmp-...` in the same parent receives every file (each
 fsynced), then the manifest, the folder is fsynced, renamed to its final name and the
 parent fsynced. Only then are checkpoints beyond the newest `keep_last` deleted.
@@ -146,21 +152,31 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 
-def _write_folder(tmp: Path, ckpt: CheckpointId, files: Mapping[str, Any]) -> None:
+def _write_files(tmp: Path, files: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     entries = {}
     for name, obj in files.items():
         data = _serialize(obj)
         _write_bytes(tmp / name, data)
         entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    return entries
+
+
+def _write_manifest(tmp: Path, ckpt: CheckpointId, entries: Mapping[str, Any],
+                    **extra: Any) -> None:
     manifest = {
         "format": FORMAT_VERSION,
         "step": ckpt.step,
         "micro_step": ckpt.micro_step,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "files": entries,
+        **extra,
+        "files": dict(entries),
     }
     _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
     fsync_dir(tmp)
+
+
+def _write_folder(tmp: Path, ckpt: CheckpointId, files: Mapping[str, Any]) -> None:
+    _write_manifest(tmp, ckpt, _write_files(tmp, files))
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -207,14 +223,113 @@ def save_checkpoint(
         _install(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = "no space left on device" if exc.errno == errno.ENOSPC else str(exc)
         raise CheckpointError(
-            f"could not write checkpoint {str(final)!r}: {reason}; the partial checkpoint "
+            f"could not write checkpoint {str(final)!r}: {_reason(exc)}; the partial checkpoint "
             "was removed and earlier checkpoints are intact"
         ) from None
     if keep_last > 0:
         prune_checkpoints(root, keep_last, upto=ckpt)
     return final
+
+
+def save_sharded_checkpoint(root: Path, ckpt: CheckpointId, files: Mapping[str, Any],
+                            shard: dict[str, Any], keep_last: int = 0) -> Path:
+    """Write checkpoint `ckpt` of a sharded (pipelined) run; collective over the default
+    process group. Rank 0 makes the temporary folder and writes `files` (the common
+    ones); every rank writes its `shard` into the same folder in parallel
+    (torch.distributed.checkpoint) and hashes what it wrote; rank 0 checks that it sees
+    every rank's files (`root` must be on a filesystem all nodes share), writes the
+    manifest with everyone's checksums, installs the folder and prunes. Any failure on
+    any rank: every rank raises CheckpointError, the partial folder is removed and
+    earlier checkpoints are untouched."""
+    import torch.distributed as dist
+
+    from bert_ipu.store import sharded
+
+    root, rank = Path(root), dist.get_rank()
+    final = root / ckpt.name
+    where = f"could not write checkpoint {str(final)!r}"
+    bad = _nonfinite(shard)
+    box: list[Any] = [None, None]
+    if rank == 0:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(root)
+            tmp = root / f".tmp-{ckpt.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            box[0] = str(tmp)
+        except OSError as exc:
+            box[1] = f"{where}: {_reason(exc)}"
+    dist.broadcast_object_list(box, src=0)
+    problems = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, bad)
+    if box[1] is not None or any(problems):
+        if box[0] is not None and rank == 0:
+            shutil.rmtree(box[0], ignore_errors=True)
+        message = box[1] or next(p for p in problems if p)
+        raise (CheckpointError if box[1] else NonFiniteWeightsError)(message)
+    tmp = Path(box[0])
+    entries: dict[str, Any] = {}
+    error = None
+    try:
+        for name in sharded.write(tmp, shard):  # collective
+            entries[name] = {"sha256": _sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+        if rank == 0:
+            entries.update(_write_files(tmp, files))
+    except OSError as exc:
+        error = f"{where}: {_reason(exc)}"
+    except Exception as exc:  # DCP reports a failed write on any rank to every rank
+        error = f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    parts: list[Any] = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object((entries, error), parts, dst=0)
+    result: list[Any] = [None]
+    if rank == 0:
+        result[0] = _install_shared(tmp, final, ckpt, parts, where)
+    dist.broadcast_object_list(result, src=0)
+    if result[0].startswith("error:"):
+        raise CheckpointError(result[0][len("error:"):])
+    if keep_last > 0 and rank == 0:
+        prune_checkpoints(root, keep_last, upto=ckpt)
+    return final
+
+
+def _install_shared(tmp: Path, final: Path, ckpt: CheckpointId, parts: list[Any],
+                    where: str) -> str:
+    """Rank 0's end of a sharded save: "ok", or "error:<message>" (folder removed)."""
+    entries: dict[str, Any] = {}
+    try:
+        for rank, (theirs, error) in enumerate(parts):
+            if error:
+                raise CheckpointError(error if rank == 0 else f"{error} (rank {rank})")
+            for name, entry in theirs.items():
+                if not (tmp / name).is_file():
+                    raise CheckpointError(
+                        f"{where}: rank {rank} wrote {name}, which rank 0 does not see: the "
+                        "checkpoint folder must be on a filesystem every node shares")
+            entries.update(theirs)
+        from bert_ipu.store.sharded import DCP_METADATA
+
+        meta = tmp / DCP_METADATA
+        entries[DCP_METADATA] = {"sha256": _sha256_file(meta), "bytes": meta.stat().st_size}
+        _write_manifest(tmp, ckpt, dict(sorted(entries.items())), sharded=True)
+        _install(tmp, final)
+    except (CheckpointError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        message = str(exc) if isinstance(exc, CheckpointError) else f"{where}: {_reason(exc)}"
+        return f"error:{message}; the partial checkpoint was removed and earlier checkpoints are intact"
+    return "ok"
+
+
+def _reason(exc: OSError) -> str:
+    return "no space left on device" if exc.errno == errno.ENOSPC else str(exc)
+
+
+def _nonfinite(shard: Mapping[str, Any]) -> str | None:
+    try:
+        check_finite_state({k: v for k, v in shard.items() if k.startswith("model/")})
+    except NonFiniteWeightsError as exc:
+        return str(exc)
+    return None
 
 
 def prune_checkpoints(
@@ -281,6 +396,10 @@ def verify_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, A
     `required`; returns the manifest or raises ChecksumError naming the missing,
     truncated or altered file."""
     manifest = read_manifest(path)
+    if manifest.get("sharded"):  # its shards hold what these files would
+        from bert_ipu.store.sharded import COMMON, DCP_METADATA, SHARDED_FILES
+
+        required = tuple(n for n in required if n not in SHARDED_FILES) + (DCP_METADATA, COMMON)
     for name in required:
         if name not in manifest["files"]:
             raise ChecksumError(f"checkpoint {str(path)!r} is incomplete: its manifest does "
@@ -352,14 +471,23 @@ def resolve_resume(spec: str | None, root: Path, required: tuple[str, ...] = ())
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Verify and load every file of a checkpoint: {name: object}; `.yaml`/`.json`
-    files come back as text, `.pt` files through torch.load(weights_only=True)."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
+                    consolidate: bool = True) -> dict[str, Any]:
+    """Verify and load every file of a checkpoint: {name: object, "manifest": the
+    manifest, "path": `path`}; `.yaml`/`.json` files come back as text, `.pt` files
+    through torch.load(weights_only=True). A
+    sharded checkpoint's shards come back as the single-process model.pt,
+    optimizer.pt and controller.pt (`consolidate`; else they are left for the caller:
+    sharded.read)."""
+    from bert_ipu.store import sharded
+
     path = Path(path)
     manifest = verify_checkpoint(path)
-    loaded: dict[str, Any] = {"manifest": manifest}
+    loaded: dict[str, Any] = {"manifest": manifest, "path": path}
     for name in manifest["files"]:
         file = path / name
+        if name == sharded.DCP_METADATA or name.endswith(".distcp"):
+            continue
         if name.endswith(".pt"):
             try:
                 loaded[name] = torch.load(file, map_location=map_location, weights_only=True)
@@ -367,4 +495,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                 raise CheckpointError(f"cannot load checkpoint file {str(file)!r}: {exc}") from None
         else:
             loaded[name] = file.read_text()
+    if manifest.get("sharded") and consolidate:
+        try:
+            loaded.update(sharded.classic_files(path, loaded[sharded.COMMON], map_location))
+        except (sharded.ShardError, KeyError) as exc:
+            raise CheckpointError(f"cannot load checkpoint {str(path)!r}: {exc}") from None
     return loaded

@@ -23,6 +23,7 @@ from bert_ipu.config import Config, ConfigError
 from bert_ipu.data import PretrainingDataset, PretrainingLoader, TokenizerInfo, build_datasets
 from bert_ipu.devices import Device, resolve_device
 from bert_ipu.devices import distributed as D
+from bert_ipu.devices.pipeline import stage_keeps
 from bert_ipu.model import build_model, encoder_linear_shapes, sparse_modules
 from bert_ipu.train.optim import LRSchedule, parameter_groups, trainable_params, warmup_steps_from
 from bert_ipu.train.precision import LossScaler, build_loss_scaler
@@ -73,9 +74,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def check_pipeline(cfg: Config, info: D.DistInfo) -> D.DistInfo:
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` on `device`, in place; its meta-device parts (other pipeline stages')
+    stay where they are."""
+    return model._apply(lambda t: t if t.is_meta else t.to(device))
+
+
+def check_pipeline(cfg: Config, info: D.DistInfo) -> tuple[D.DistInfo, Any]:
     """Check a CPU/CUDA pipeline split against the job (before any data preparation);
-    returns the data-parallel place of this rank (its replica among the replicas)."""
+    returns the data-parallel place of this rank (its replica among the replicas) and
+    its PipelineLayout (None: not pipelined)."""
     from bert_ipu.devices.pipeline import LayoutError, pipeline_layout
 
     t = cfg.training
@@ -84,14 +92,14 @@ def check_pipeline(cfg: Config, info: D.DistInfo) -> D.DistInfo:
     except LayoutError as exc:
         raise ConfigError(str(exc), exc.key) from None
     if layout is None:
-        return info
+        return info, None
     for bad, name in ((t.compile, "training.compile"),
                       (cfg.sparsity.freeze_fraction > 0, "sparsity.freeze_fraction")):
         if bad:
             raise ConfigError(f"{name}: expected it off in a pipelined run (layers per "
                               f"stage {list(layout.layers_per_stage)}), got it set", name)
     return D.DistInfo(rank=layout.replica, world_size=info.world_size // layout.stages,
-                      local_rank=info.local_rank)
+                      local_rank=info.local_rank), layout
 
 
 def build_loaders(cfg: Config, info: D.DistInfo, log: Log
@@ -235,18 +243,20 @@ def build_components(cfg: Config, log: Log = print, *, data: bool = True) -> Com
     info = D.from_environment()
     device = resolve_device(t.device, info.local_rank)
     check_backend(cfg, device.torch_device)
-    data_info = check_pipeline(cfg, info) if device.torch_pipeline else info
+    data_info, layout = check_pipeline(cfg, info) if device.torch_pipeline else (info, None)
     D.init(info, device.distributed_backend)
     seed_everything(t.seed)
     check_before_data(cfg)
     quiet = log if info.is_main else (lambda s: None)
     train, held_out, tok = build_loaders(cfg, data_info, quiet) if data else (None, None, None)
     total = total_training_steps(cfg, train)
-    core = build_model(cfg.model, cfg.sparsity, seed=t.seed)
+    # A pipeline stage builds only its own layers (the rest stays on the meta device).
+    keep = None if layout is None else stage_keeps(layout)
+    core = build_model(cfg.model, cfg.sparsity, seed=t.seed, keep=keep)
     if cfg.checkpoint.init_from:  # a resume then overwrites it with the run's own state
         from bert_ipu.hub.init import init_from_pretrained
         init_from_pretrained(core, cfg, tok, log)
-    core = core.to(device.torch_device)
+    core = to_device(core, device.torch_device)
     runner = step_runner(device, core, parameter_groups(core, t.weight_decay), cfg, info, log)
     return Components(
         cfg=cfg, device=device, dist=info, precision=runner.precision, model=runner.model,

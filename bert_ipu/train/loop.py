@@ -328,14 +328,13 @@ def show_eval(run: Run, result: dict[str, float]) -> None:
 
 
 def save(run: Run) -> Path | None:
-    """Checkpoint the current position (rank 0 writes; other ranks wait)."""
+    """Checkpoint the current position (rank 0 writes, or every rank its shard in a
+    pipelined run; the others wait)."""
     position = ck.CheckpointId(run.state.step, run.state.micro_step)
     if position == run.last_saved:
         return None
-    files = run_io.checkpoint_files(run.c, run.state)  # collective: every rank's RNG
-    path = None
-    if run.c.dist.is_main:
-        path = run_io.save_checkpoint(run.c, run.out, position, files)
+    content = run_io.checkpoint_files(run.c, run.state)  # collective: every rank's RNG
+    path = run_io.save_checkpoint(run.c, run.out, position, content)  # a pipeline: every rank
     run.last_saved = position
     if run.c.dist.enabled:
         torch.distributed.barrier()

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from bert_ipu.store import checkpoint as ck
+from bert_ipu.store.sharded import SHARDED_FILES
 from bert_ipu.devices import distributed as D
 from bert_ipu.train.build import Components
 from bert_ipu.config import Config, applied_config_dict, save_config
@@ -128,10 +129,21 @@ class Piece:
     restore: Callable[[Components, TrainState, Any], None]
 
 
-def _check_world_size(c: Components, saved: int) -> None:
-    if saved != c.dist.world_size:
-        raise ValueError(f"it was written by {saved} rank(s), this run has "
-                         f"{c.dist.world_size} (the data order depends on it)")
+def _check_replicas(c: Components, saved: int | None) -> None:
+    if saved is not None and saved != c.runner.replicas:
+        raise ValueError(f"it was written by {saved} data-parallel replica(s), this run has "
+                         f"{c.runner.replicas} (the data order depends on it; the number of "
+                         "pipeline stages may change)")
+
+
+def _per_rank(c: Components, saved: list[Any], what: str) -> Any:
+    """This rank's entry of a per-rank list; a checkpoint of another process count
+    (another number of pipeline stages) gives rank r entry r mod its length."""
+    if len(saved) != c.dist.world_size and c.dist.is_main:
+        log.warning("the checkpoint was written by %d process(es), this run has %d: each "
+                    "process continues %s of process (rank mod %d)", len(saved),
+                    c.dist.world_size, what, len(saved))
+    return saved[c.dist.rank % len(saved)]
 
 
 def _restore_schedule(c: Components, saved: dict[str, Any]) -> None:
@@ -148,8 +160,8 @@ def _maybe(obj: Any, method: str, value: Any) -> None:
 
 # In restore order: the checks first, then the weights, then the counters and streams.
 PIECES: tuple[Piece, ...] = (
-    Piece("trainer.pt", "world_size", lambda c, s: c.dist.world_size,
-          lambda c, s, v: _check_world_size(c, v)),
+    Piece("trainer.pt", "data_replicas", lambda c, s: c.runner.replicas,
+          lambda c, s, v: _check_replicas(c, v)),
     Piece("model.pt", None, lambda c, s: c.core.state_dict(), lambda c, s, v: c.core.load_state_dict(v)),
     Piece("optimizer.pt", None, lambda c, s: c.optimizer.state_dict(),
           lambda c, s, v: c.optimizer.load_state_dict(v)),
@@ -163,9 +175,9 @@ PIECES: tuple[Piece, ...] = (
     Piece("trainer.pt", "data", lambda c, s: c.train_loader.state_dict(),
           lambda c, s, v: c.train_loader.load_state_dict(v)),
     Piece("trainer.pt", "rng", lambda c, s: D.gather_objects(capture_rng(), c.dist),   # one entry per rank
-          lambda c, s, v: restore_rng(v[c.dist.rank])),
+          lambda c, s, v: restore_rng(_per_rank(c, v, "the RNG streams (dropout)"))),
     Piece("trainer.pt", "device_rng", lambda c, s: D.gather_objects(c.device.rng_state(), c.dist),
-          lambda c, s, v: c.device.set_rng_state(v[c.dist.rank])),
+          lambda c, s, v: c.device.set_rng_state(_per_rank(c, v, "the device RNG"))),
     Piece("trainer.pt", "grads", lambda c, s: capture_grads(c.params) if s.micro_step > 0 else None,
           lambda c, s, v: restore_grads(c.params, v) if v is not None else None),
 )
@@ -175,27 +187,49 @@ CHECKPOINT_FILES = tuple(dict.fromkeys([p.file for p in PIECES] + ["config.yaml"
 """What every trainer checkpoint holds; one whose manifest lacks any is not resumed."""
 
 
-def checkpoint_files(c: Components, state: TrainState) -> dict[str, Any]:
+@dataclass
+class CheckpointContent:
+    """What one checkpoint holds: the files rank 0 writes, and this rank's shard (None
+    unless the run is pipelined: then the model, optimizer and controller are in the
+    shards, see store/sharded.py)."""
+
+    files: dict[str, Any]
+    shard: dict[str, Any] | None = None
+
+
+def checkpoint_files(c: Components, state: TrainState) -> CheckpointContent:
     """Everything needed to continue bit for bit (see store/checkpoint.py for the layout):
-    the PIECES, the run's config and vocabulary, a pipeline's per-stage files."""
+    the PIECES, the run's config and vocabulary, a pipeline's shard and common files.
+    Collective."""
     c.runner.sync_to_host()  # IPU: the device holds the trained weights
     files: dict[str, Any] = dict(c.runner.checkpoint_files(c.controller, c.scaler))  # collective
+    shard = c.runner.checkpoint_shard(c.controller)
     if c.tokenizer is not None:
         files[VOCAB] = vocab_text(c.tokenizer)
     for piece in PIECES:
+        if shard is not None and piece.file in SHARDED_FILES:
+            continue
         value = piece.save(c, state)
         if piece.key is None:
             files[piece.file] = value
         else:
             files.setdefault(piece.file, {})[piece.key] = value
     files["config.yaml"] = dump_yaml(applied_config_dict(c.cfg))
-    return files
+    return CheckpointContent(files, shard)
 
 
 def save_checkpoint(c: Components, out: RunOutputs, position: ck.CheckpointId,
-                    files: dict[str, Any]) -> Path:
-    """Write one checkpoint atomically and prune to checkpoint.keep_last."""
-    return ck.save_checkpoint(out.checkpoint_dir, position, files, c.cfg.checkpoint.keep_last)
+                    content: CheckpointContent) -> Path | None:
+    """Write one checkpoint atomically and prune to checkpoint.keep_last: rank 0 alone,
+    or every rank its shard (collective); returns the path (None on ranks that did not
+    write)."""
+    keep = c.cfg.checkpoint.keep_last
+    if content.shard is not None:
+        return ck.save_sharded_checkpoint(out.checkpoint_dir, position, content.files,
+                                          content.shard, keep)
+    if not c.dist.is_main:
+        return None
+    return ck.save_checkpoint(out.checkpoint_dir, position, content.files, keep)
 
 
 def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
@@ -209,7 +243,9 @@ def maybe_resume(c: Components, state: TrainState, out: RunOutputs,
         elif c.dist.is_main:
             archive_earlier_run(out)
         return None
-    loaded = ck.load_checkpoint(path, map_location=c.device.torch_device)
+    # a sharded runner (pipeline stage) reads its own part of the shards (checkpoint_view)
+    loaded = ck.load_checkpoint(path, map_location=c.device.torch_device,
+                                consolidate=not c.runner.sharded)
     differ = structural_differences(loaded.get("config.yaml", ""), c.cfg)
     if differ:
         raise ck.CheckpointError(
@@ -257,11 +293,14 @@ def archive_earlier_run(out: RunOutputs) -> Path | None:
 
 def restore(c: Components, state: TrainState, loaded: dict[str, Any]) -> None:
     """Load every piece of a checkpoint into the built components."""
-    loaded = c.runner.checkpoint_view(loaded)  # a pipeline stage reads its own files
     if VOCAB in loaded and c.tokenizer is not None:
         check_same_vocab(vocab_tokens(loaded[VOCAB]), c.tokenizer, "the checkpoint")
+    # a pipeline stage restores its model, optimizer and controller here, from the shards
+    loaded = c.runner.checkpoint_view(loaded, c.controller)
     for piece in PIECES:
-        value = loaded[piece.file] if piece.key is None else loaded[piece.file][piece.key]
+        if piece.file not in loaded:  # restored by the runner
+            continue
+        value = loaded[piece.file] if piece.key is None else loaded[piece.file].get(piece.key)
         piece.restore(c, state, value)
 
 

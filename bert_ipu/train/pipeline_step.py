@@ -1,9 +1,10 @@
 """The step of a pipelined CPU/CUDA run: torch.distributed.pipelining stages x data
 parallelism (training.layers_per_stage / layers_per_ipu, training.pipeline_schedule).
 
-Every rank builds the full model from the same seed (identical initial weights and
-patterns) and trains only its stage (bert_ipu/model/stages.py), with its own AdamW and
-DynSp controller. Per step t:
+Every rank builds only its stage (bert_ipu/model/stages.py; the rest of the model stays
+on the meta device: shapes, no memory), with the values the whole model would have
+from the same seed (weights and patterns), and trains it with its own AdamW and DynSp
+controller. Per step t:
 
 1. the `gradient_accumulation` micro-batches of this replica go through the schedule
    (GPipe or 1F1B); the last stage's loss is the single-process arithmetic
@@ -15,8 +16,9 @@ DynSp controller. Per step t:
    controller draws the random numbers of its layers' global indices and verifies its
    patterns over the stage's replicas); the update metrics are combined over stages.
 
-The non-owned parts of each rank's model are stale until `sync_to_host()` broadcasts
-every stage's weights (evaluation, checkpoints).
+Evaluation runs through the stages (only the loss sums travel); checkpoints are
+sharded: every rank writes its stage's tensors in parallel (bert_ipu/store/sharded.py,
+torch.distributed.checkpoint), and any split, or an unpipelined run, resumes them.
 """
 from __future__ import annotations
 
@@ -27,12 +29,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage
-from torch.utils._pytree import tree_map
 
 from bert_ipu.devices import distributed as D
-from bert_ipu.devices.pipeline import (
-    broadcast_owned, make_groups, pipeline_layout, schedule_class,
-)
+from bert_ipu.store import sharded
+from bert_ipu.devices.pipeline import make_groups, pipeline_layout, schedule_class
 from bert_ipu.model.bert import ENCODER_LINEARS, pretraining_output
 from bert_ipu.model.stages import BertStage, stage_module_names
 from bert_ipu.train.optim import build_optimizer, parameter_groups
@@ -52,6 +52,8 @@ STAGE0_INPUTS = ("input_ids", "attention_mask", "masked_lm_positions", "token_ty
 
 class PipelineStepRunner(TorchStepRunner):
     """One pipeline stage of one data-parallel replica (see the module docstring)."""
+
+    sharded = True
 
     def __init__(self, device: "Device", core: nn.Module, groups: list[dict[str, Any]],
                  cfg: "Config", info: D.DistInfo, log: Log) -> None:
@@ -74,6 +76,11 @@ class PipelineStepRunner(TorchStepRunner):
         self.dynsp_options = {"group": self.groups.dp, "combine_fn": self.combine_metrics,
                               "layer_offset": len(ENCODER_LINEARS) * lay.first_layer}
         self._global_order = [p for g in groups for p in g["params"]]
+        name_of = {id(p): n for n, p in core.named_parameters()}
+        self._global_names = [[name_of[id(p)] for p in g["params"]] for g in groups]
+        self._stage_names = [[name_of[id(p)] for p in g["params"]]
+                             for g in self.optimizer.param_groups]
+        self._stage_name_set = {n for g in self._stage_names for n in g}
         self._tied = core.bert.embeddings.word_embeddings.weight
         stage = PipelineStage(self.stage_module, lay.stage, lay.stages, device.torch_device,
                               group=self.groups.pp)
@@ -178,15 +185,7 @@ class PipelineStepRunner(TorchStepRunner):
         dist.all_gather_object(parts, metrics, group=self.groups.stages)
         return merge_stage_metrics(parts)
 
-    # ------------------------------------------------------------------ host copy, checkpoints
-    def sync_to_host(self) -> None:
-        """Every rank's full model gets every stage's trained weights and patterns."""
-        broadcast_owned(self.core.state_dict(), self.layout)
-
-    def eval_model(self, core: nn.Module) -> tuple[nn.Module, str]:
-        self.sync_to_host()
-        return core, self.precision
-
+    # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate_held_out(self, batches: Iterable[dict[str, torch.Tensor]],
                           max_batches: int | None, should_stop: Callable[[], bool]
@@ -233,41 +232,80 @@ class PipelineStepRunner(TorchStepRunner):
         accumulate_eval(sums, pretraining_output(out[0], out[1], b["masked_lm_ids"],
                                                  b["masked_lm_weights"], b["next_sentence_label"]))
 
-    def checkpoint_files(self, controller: Any | None, scaler: Any) -> dict[str, Any]:
-        """`stage-S.pt` (optimizer, controller and loss-scaler state of stage S, from
-        replica 0) for every stage and `pipeline.json` (the split); rank 0 writes them.
-        Collective. Every rank's loss scaler must agree (the skip decision is global)."""
-        mine = {"optimizer": self.optimizer.state_dict(),
-                "controller": None if controller is None else controller.state_dict(),
-                "scaler": scaler.state_dict()}
-        mine = tree_map(lambda x: x.cpu() if isinstance(x, torch.Tensor) else x, mine)
-        parts: list[Any] | None = [None] * self.dist.world_size if self.dist.is_main else None
-        dist.gather_object(mine, parts, dst=0)
-        if not self.dist.is_main:
-            return {}
-        if any(p["scaler"] != parts[0]["scaler"] for p in parts):
-            raise RuntimeError("pipeline: the ranks' loss scalers disagree "
-                               f"({[p['scaler'] for p in parts]}); the skip decision is not global")
-        lay = self.layout
-        files: dict[str, Any] = {f"stage-{s}.pt": parts[lay.rank_of(s, 0)] for s in range(lay.stages)}
-        files["pipeline.json"] = json.dumps({"layers_per_stage": list(lay.layers_per_stage),
-                                             "replicas": self.replicas})
-        return files
+    # ------------------------------------------------------------------ checkpoints
+    def sync_to_host(self) -> None:
+        """Nothing to gather: a stage's weights live in its own process, and checkpoints
+        are sharded (every rank writes its own)."""
 
-    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]:
-        """This stage's optimizer and controller state in place of the common files;
-        ValueError when the checkpoint has another split (or none)."""
-        lay = self.layout
-        if "pipeline.json" not in loaded:
-            raise ValueError("it was written by an unpipelined run; this run has "
-                             f"training.layers_per_stage={list(lay.layers_per_stage)}")
-        saved = json.loads(loaded["pipeline.json"])["layers_per_stage"]
-        if saved != list(lay.layers_per_stage):
-            raise ValueError(f"it was written with training.layers_per_stage={saved}, this run "
-                             f"has {list(lay.layers_per_stage)}; resume with the same split")
-        stage = loaded[f"stage-{lay.stage}.pt"]
-        controller = dict(loaded["controller.pt"], controller=stage["controller"])
-        return {**loaded, "optimizer.pt": stage["optimizer"], "controller.pt": controller}
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """This stage's entries of the model's state dict (single-process names; the
+        tied word embedding under both its names on the first and the last stage)."""
+        return {k: v for k, v in self.core.state_dict().items() if not v.is_meta}
+
+    def checkpoint_shard(self, controller: Any | None) -> dict[str, torch.Tensor]:
+        """This rank's part of a sharded checkpoint (bert_ipu/store/sharded.py)."""
+        names = [n for g in self._stage_names for n in g]
+        return sharded.shard_of(self.model_state(), self.optimizer.state_dict(), names,
+                                None if controller is None else controller.state_dict())
+
+    def checkpoint_files(self, controller: Any | None, scaler: Any) -> dict[str, Any]:
+        """The common files rank 0 writes next to the shards: `sharded.pt` (optimizer
+        group settings with the single-process parameter order, the controller's
+        counters) and `pipeline.json` (the split that wrote it; informational: any
+        split resumes it). Collective: every rank's loss scaler must agree (the skip
+        decision is global)."""
+        scalers: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(scalers, scaler.state_dict())
+        if any(p != scalers[0] for p in scalers):
+            raise RuntimeError(f"pipeline: the ranks' loss scalers disagree ({scalers}); "
+                               "the skip decision is not global")
+        common = sharded.common_of(self.optimizer.state_dict(), self._global_names,
+                                   None if controller is None else controller.state_dict())
+        layout = {"layers_per_stage": list(self.layout.layers_per_stage), "replicas": self.replicas}
+        return {sharded.COMMON: common, "pipeline.json": json.dumps(layout)}
+
+    def checkpoint_view(self, loaded: dict[str, Any], controller: Any | None) -> dict[str, Any]:
+        """Restore this stage's weights, patterns, optimizer and DynSp state from a
+        checkpoint of any split (sharded: only this stage's keys are read) or of an
+        unpipelined run (its single-process files); returns the rest for the common
+        pieces. ValueError (one line) when it holds another model or sparsity."""
+        mine = self.model_state()
+        shapes = {f"model/{k}": v.shape for k, v in mine.items()}
+        if loaded["manifest"].get("sharded"):
+            common = loaded[sharded.COMMON]
+            wanted = [*shapes, *(k for k in sharded.metadata(loaded["path"])
+                                 if self._wants(k, controller))]
+            shard = sharded.read(loaded["path"], dict.fromkeys(wanted), shapes,
+                                 self.device.torch_device)
+        else:  # a single-process checkpoint: its files, in single-process names
+            ctl = loaded["controller.pt"]["controller"]
+            order = [n for g in self._global_names for n in g]
+            shard = sharded.shard_of(loaded["model.pt"], loaded["optimizer.pt"], order, ctl)
+            common = sharded.common_of(loaded["optimizer.pt"], self._global_names, ctl)
+            missing = next((k for k in shapes if k not in shard), None)
+            if missing is not None:
+                raise ValueError(f"it holds no {missing} (written for another model)")
+            wrong = next((k for k in shapes if shard[k].shape != shapes[k]), None)
+            if wrong is not None:
+                raise ValueError(f"its {wrong} is {tuple(shard[wrong].shape)}, this run's is "
+                                 f"{tuple(shapes[wrong])} (another model or sparsity)")
+        with torch.no_grad():
+            for key, tensor in mine.items():
+                # copy_ bumps the version counter the kernels' pattern caches key on
+                tensor.copy_(shard[f"model/{key}"])
+        self.optimizer.load_state_dict(sharded.optimizer_state(shard, common, self._stage_names))
+        if controller is not None:
+            controller.load_state_dict(sharded.controller_state(shard, common, controller.layers))
+        return {k: v for k, v in loaded.items() if k not in sharded.SHARDED_FILES}
+
+    def _wants(self, key: str, controller: Any | None) -> bool:
+        """Whether shard entry `key` (not a model entry) is this stage's."""
+        kind, _, rest = key.partition("/")
+        if kind == "optim":
+            return rest.rsplit("/", 1)[0] in self._stage_name_set
+        if kind == "dynsp" and controller is not None:
+            return rest.split("/", 1)[0] in controller.layers
+        return False
 
 
 def merge_stage_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,8 +14,13 @@ A step runner runs step t on the run's device (train/runners.py picks it); the l
                           dict) the DynSp controller updates
     dynsp_options         extra DynSpController arguments (a pipeline stage's group,
                           layer offset and metrics combination; {} otherwise)
+    sharded               whether checkpoints are sharded (every rank writes and reads
+                          its own part; pipelines)
     checkpoint_files(ctl, scaler)  extra checkpoint files (collective; {} unless pipelined)
-    checkpoint_view(l)    the loaded checkpoint as this process restores it
+    checkpoint_shard(ctl) this rank's part of a sharded checkpoint (pipelines; None:
+                          rank 0 writes the single-process files)
+    checkpoint_view(l, ctl)  the loaded checkpoint as this process restores it (a
+                          pipeline stage restores its own part there)
     step(run, t)          -> StepResult, or None when a stop was requested between
                           micro-batches (the loop checkpoints that position)
     sync_to_host()        bring device-held weights to the host model (checkpoints)
@@ -76,10 +81,13 @@ class StepRunner(Protocol):
     replicas: int
     trained: Any
     dynsp_options: dict[str, Any]
+    sharded: bool
 
     def checkpoint_files(self, controller: Any | None, scaler: Any) -> dict[str, Any]: ...
 
-    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]: ...
+    def checkpoint_shard(self, controller: Any | None) -> dict[str, Any] | None: ...
+
+    def checkpoint_view(self, loaded: dict[str, Any], controller: Any | None) -> dict[str, Any]: ...
 
     def step(self, run: "Run", t: int) -> StepResult | None: ...
 
@@ -90,14 +98,21 @@ class StepRunner(Protocol):
 
 class UnpipelinedCheckpoints:
     """Checkpoint hooks of a runner whose whole model lives in one program (CPU/CUDA
-    processes, a PopTorch executable): no extra files, pipelined checkpoints refused."""
+    processes, a PopTorch executable): rank 0 writes the single-process files; a
+    pipelined run's sharded checkpoint is read back as those files
+    (store/checkpoint.py: load_checkpoint), so it resumes here too."""
+
+    sharded = False
 
     def checkpoint_files(self, controller: Any | None, scaler: Any) -> dict[str, Any]:
         """No files beyond the common ones."""
         return {}
 
-    def checkpoint_view(self, loaded: dict[str, Any]) -> dict[str, Any]:
-        return unpipelined_view(loaded)
+    def checkpoint_shard(self, controller: Any | None) -> dict[str, Any] | None:
+        return None
+
+    def checkpoint_view(self, loaded: dict[str, Any], controller: Any | None) -> dict[str, Any]:
+        return loaded
 
 
 class TorchStepRunner(UnpipelinedCheckpoints):
@@ -195,15 +210,6 @@ def optimizer_update(run: "Run", t: int, runner: TorchStepRunner) -> StepResult:
     update = c.controller.step(t) if c.controller is not None else None  # DynSp, right here
     runner.optimizer.zero_grad(set_to_none=True)
     return StepResult(lr, grad_norm, applied, update)
-
-
-def unpipelined_view(loaded: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint of an unpipelined run, as is; one written by a CPU/CUDA pipeline
-    (its optimizer state is per stage) is refused."""
-    if "pipeline.json" in loaded:
-        raise ValueError(f"it was written by a pipelined run ({loaded['pipeline.json'].strip()}); "
-                         "this run has no training.layers_per_stage")
-    return loaded
 
 
 def flush_losses(run: "Run") -> None:
