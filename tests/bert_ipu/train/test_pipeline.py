@@ -184,7 +184,7 @@ def launch(tmp_path: Path, tiny_data, name: str, nproc: int, *extra: str, check:
     config.write_text(yaml.safe_dump(apply_overrides(
         {}, tiny_overrides(corpus, tmp_path / name, cache, **values))))
     runner = [sys.executable] + ([] if nproc == 1 else [
-        "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
+        "-m", "bert_ipu.launch", "--standalone", f"--nproc_per_node={nproc}"])
     argv = [*runner, "-m", "bert_ipu.pretrain", "--config", str(config), *extra]
     if nodes > 1:  # `nodes` launchers on this machine, as a user starts one per host
         return _multi_node(argv[argv.index("bert_ipu.pretrain") - 1:], nodes, nproc // nodes, check)
@@ -322,11 +322,14 @@ def test_sigterm_to_a_pipelined_job_ends_it_within_a_step_with_a_resumable_check
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("when", ["mid-run", "mid-checkpoint"])
 def test_a_stage_killed_mid_run_ends_the_job_promptly_and_keeps_the_checkpoints(tiny_data,
-                                                                               tmp_path):
-    """Issue 23, bad input: kill -9 of one stage's process mid-run. The launcher ends the
-    job (no hang) with the failing rank named, and every checkpoint written before stays
-    loadable (the resume point)."""
+                                                                               tmp_path, when):
+    """Issue 23, bad input: kill -9 of one stage's process mid-run, or while the ranks
+    write a sharded checkpoint (rank 0's files slowed down so that the kill lands inside
+    the write). The launcher ends the job (no hang) with the failing rank named, every
+    checkpoint written before stays loadable (the resume point), and the unfinished one
+    is never taken for a checkpoint."""
     import signal
     import time
 
@@ -344,15 +347,21 @@ def test_a_stage_killed_mid_run_ends_the_job_promptly_and_keeps_the_checkpoints(
         corpus, tmp_path / "killed", cache, **{"model.hidden_dropout_prob": 0.0,
                                                  "training.gradient_accumulation": 2,
                                                  **settings}))))
+    env = {**ENV, ck.WRITE_DELAY_ENV: "0.4"} if when == "mid-checkpoint" else ENV
     job = subprocess.Popen([sys.executable, "-m", "bert_ipu.launch", "--standalone",
                             "--nproc_per_node=2", "-m", "bert_ipu.pretrain", "--config",
-                            str(config)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            str(config)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     checkpoints = tmp_path / "killed" / "checkpoints"
+
+    def ready() -> bool:
+        if not checkpoints.exists() or len(list(checkpoints.glob("step_*"))) < 2:
+            return False
+        return when == "mid-run" or any(checkpoints.glob(".tmp-*/__1_0.distcp"))
+
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and job.poll() is None and not (
-            checkpoints.exists() and len(list(checkpoints.glob("step_*"))) >= 2):
-        time.sleep(0.05)
+    while time.monotonic() < deadline and job.poll() is None and not ready():
+        time.sleep(0.02)
     assert job.poll() is None, "the run ended before the kill"
     workers = [p for p in psutil.Process(job.pid).children(recursive=True)
                if "bert_ipu.pretrain" in " ".join(p.cmdline())]
@@ -365,7 +374,10 @@ def test_a_stage_killed_mid_run_ends_the_job_promptly_and_keeps_the_checkpoints(
     assert ended < 120 and job.returncode not in (0, None)
     assert "launch: rank" in err and "ended with exit code" in err, err[-2000:]
     saved = ck.list_checkpoints(checkpoints)
-    assert saved and all(ck.load_checkpoint(path)["model.pt"] for _, path in saved)
+    assert len(saved) >= 2 and all(ck.load_checkpoint(path)["model.pt"] for _, path in saved)
+    assert ck.find_latest(checkpoints) == saved[-1][1]
+    if when == "mid-checkpoint":  # the write in flight never became a checkpoint
+        assert list(checkpoints.glob(".tmp-*"))
 
 
 @pytest.mark.slow
@@ -387,3 +399,98 @@ def test_two_stages_by_two_replicas_equal_data_parallel(tiny_data, tmp_path):
     launch(tmp_path, tiny_data, "pp2x2", 4, **{KEY: [1, 1]})
     assert_same_run(tmp_path / "ddp", tmp_path / "pp2x2")
     assert len(load_updates(tmp_path / "pp2x2")) == 2
+
+
+def stderr_error(err: str) -> str:
+    """The one `error: ` line of a torchrun job's stderr (every rank may print it; no
+    traceback from the training code)."""
+    assert "Traceback" not in err, err[-3000:]
+    lines = {line[line.index("error: "):] for line in err.splitlines() if "error: " in line}
+    assert len(lines) == 1, err[-3000:]
+    return lines.pop()
+
+
+def resume_into(tmp_path: Path, tiny_data, checkpoint: Path, name: str, nproc: int,
+                **settings) -> None:
+    """Continue `checkpoint` to the end in a new output folder on `nproc` ranks."""
+    launch(tmp_path, tiny_data, name, nproc,
+           f"checkpoint.resume_training_from_checkpoint={checkpoint}", **settings)
+
+
+def assert_resumed_equal(want: Path, got: Path, after: int) -> dict[str, float]:
+    """The resumed run's records (steps past `after`) and final weights equal the
+    uninterrupted run's within the pipeline tolerance; returns the differences: the
+    largest relative one of any metric, and ||w_got - w_want|| / ||w_want|| over all
+    floating-point weights."""
+    a = {r["step"]: r for r in strip_timing(load_metrics(want)) if r["step"] > after}
+    b = {r["step"]: r for r in strip_timing(load_metrics(got)) if r["step"] > after}
+    assert a.keys() == b.keys() and a
+    worst = {"metrics": 0.0}
+    for step in a:
+        for k, v in a[step].items():
+            if isinstance(v, float) and not k.endswith("update_time_s"):
+                torch.testing.assert_close(b[step][k], v, rtol=1e-6, atol=1e-6, msg=k)
+                worst["metrics"] = max(worst["metrics"], abs(b[step][k] - v) / max(abs(v), 1e-12))
+    wa, wb = final_model(want), final_model(got)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        if k.endswith((".rows", ".cols")):
+            assert torch.equal(wa[k], wb[k]), k
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+    floats = [k for k in wa if wa[k].is_floating_point()]
+    diff = torch.cat([(wb[k] - wa[k]).flatten() for k in floats])
+    worst["weights"] = float(diff.norm() / torch.cat([wa[k].flatten() for k in floats]).norm())
+    return worst
+
+
+@pytest.mark.slow
+def test_a_two_stage_checkpoint_resumes_into_one_stage_and_into_four(tiny_data, tmp_path):
+    """Issue 23: a 4-layer model trained on 2 stages, checkpointed at step 3, resumed by
+    one process and by 4 stages (each reads the shards' keys of its own layers): both
+    equal the uninterrupted single-process run (metrics, patterns, weights)."""
+    four = {"model.num_hidden_layers": 4}
+    launch(tmp_path, tiny_data, "single", 1, **four)
+    launch(tmp_path, tiny_data, "pipe", 2, **{KEY: [2, 2], **four})
+    step3 = tmp_path / "pipe" / "checkpoints" / "step_00000003"
+    resume_into(tmp_path, tiny_data, step3, "into1", 1, **four)
+    resume_into(tmp_path, tiny_data, step3, "into4", 4, **{KEY: [1, 1, 1, 1], **four})
+    worst = {n: assert_resumed_equal(tmp_path / "single", tmp_path / n, after=3)
+             for n in ("into1", "into4")}
+    print("relative differences to the single-process run:", worst)
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_exports_and_refuses_bad_input(tiny_data, tmp_path):
+    """Issue 23: a 2-stage checkpoint exports to a Hugging Face folder in a plain
+    process (same weights as the shards hold); a shard file gone makes `latest` fall back
+    to the previous good checkpoint and an explicit resume fail with one line naming the
+    file; a checkpoint of another model is refused with one line naming the key."""
+    import transformers
+
+    launch(tmp_path, tiny_data, "pipe", 2, **{KEY: [1, 1]})
+    step6 = tmp_path / "pipe" / "checkpoints" / "step_00000006"
+    proc = subprocess.run([sys.executable, "-m", "bert_ipu.export", str(step6),
+                           str(tmp_path / "hf")], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf")
+    shards = ck.load_checkpoint(step6)["model.pt"]
+    torch.testing.assert_close(hf.bert.embeddings.word_embeddings.weight,
+                               shards["bert.embeddings.word_embeddings.weight"], rtol=0, atol=0)
+
+    (step6 / "__1_0.distcp").unlink()
+    explicit = launch(tmp_path, tiny_data, "again", 2,
+                      f"checkpoint.resume_training_from_checkpoint={step6}", check=False,
+                      **{KEY: [1, 1]})
+    line = stderr_error(explicit.stderr)
+    assert explicit.returncode != 0 and "__1_0.distcp" in line and "missing" in line, line
+    fallback = launch(tmp_path, tiny_data, "pipe", 2,
+                      "checkpoint.resume_training_from_checkpoint=latest", **{KEY: [1, 1]})
+    assert "resuming from the previous good checkpoint" in fallback.stderr + fallback.stdout
+
+    other = launch(tmp_path, tiny_data, "other", 2, "checkpoint.resume_training_from_checkpoint="
+                   f"{tmp_path / 'pipe' / 'checkpoints' / 'step_00000003'}", check=False,
+                   **{KEY: [1, 1], "model.intermediate_size": 128})
+    line = stderr_error(other.stderr)
+    assert other.returncode == 2 and "does not fit this run" in line, line
+    assert "intermediate_size" in line, line
