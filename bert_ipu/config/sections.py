@@ -314,6 +314,11 @@ class CheckpointConfig:
     export_dir: str | None = None
     """At the end of the run, export a Hugging Face folder here (python -m bert_ipu.export;
     sparse runs also get the compressed form)."""
+    sharded: bool = True
+    """Pipelined runs (training.layers_per_stage): every rank writes its own shard of a
+    checkpoint, in parallel (torch.distributed.checkpoint), or, false, rank 0 gathers
+    every stage's state and writes the single-process files (rank 0 then holds the
+    whole model's state while it writes). Either kind resumes with any split."""
 
     def __post_init__(self) -> None:
         coerce_fields(self, self.SECTION)

@@ -188,7 +188,12 @@ def classic_files(folder: Path, common: Mapping[str, Any],
                   device: torch.device | str = "cpu") -> dict[str, Any]:
     """Every shard entry, as the single-process checkpoint files (model.pt,
     optimizer.pt in the single-process parameter order, controller.pt)."""
-    shard = read(folder, metadata(folder), device=device)
+    return classic_from_shard(read(folder, metadata(folder), device=device), common)
+
+
+def classic_from_shard(shard: Mapping[str, torch.Tensor], common: Mapping[str, Any]
+                       ) -> dict[str, Any]:
+    """Every stage's shard entries (merged) as the single-process files."""
     model = {k[len("model/"):]: v for k, v in shard.items() if k.startswith("model/")}
     names = [g["names"] for g in common["optimizer_groups"]]
     layers = sorted({k.split("/")[1] for k in shard if k.startswith("dynsp/")})

@@ -73,6 +73,9 @@ class Run:
     last_eval: tuple[int, dict[str, float]] | None = None
     pending_losses: list[torch.Tensor] = field(default_factory=list)
     """Detached [loss, mlm_loss, nsp_loss] of this step's micro-batches, not yet on the host."""
+    checkpoint_times: list[float] = field(default_factory=list)
+    """Seconds each checkpoint of this process took (state capture + write; the summary's
+    `checkpoint_write_s`)."""
 
 
 # ------------------------------------------------------------------ entry point
@@ -333,8 +336,10 @@ def save(run: Run) -> Path | None:
     position = ck.CheckpointId(run.state.step, run.state.micro_step)
     if position == run.last_saved:
         return None
+    started = time.perf_counter()
     content = run_io.checkpoint_files(run.c, run.state)  # collective: every rank's RNG
     path = run_io.save_checkpoint(run.c, run.out, position, content)  # a pipeline: every rank
+    run.checkpoint_times.append(time.perf_counter() - started)
     run.last_saved = position
     if run.c.dist.enabled:
         torch.distributed.barrier()
@@ -364,7 +369,7 @@ def finish(run: Run) -> dict[str, Any]:
     final_eval = run.last_eval[1] if run.last_eval and run.last_eval[0] == run.state.step \
         else run_eval(run)
     save(run)
-    summary = run_io.summary(run.c, run.state, run.timer, final_eval)
+    summary = run_io.summary(run.c, run.state, run.timer, final_eval, run.checkpoint_times)
     if run.c.dist.is_main:
         run_io.write_final(run.out, final_eval, summary)
         if run.c.cfg.checkpoint.export_dir:  # the Hugging Face folder (bert_ipu/hub)

@@ -207,7 +207,7 @@ def checkpoint_files(c: Components, state: TrainState) -> CheckpointContent:
     if c.tokenizer is not None:
         files[VOCAB] = vocab_text(c.tokenizer)
     for piece in PIECES:
-        if shard is not None and piece.file in SHARDED_FILES:
+        if c.runner.sharded and piece.file in SHARDED_FILES:  # the runner's files or shard
             continue
         value = piece.save(c, state)
         if piece.key is None:
@@ -306,7 +306,8 @@ def restore(c: Components, state: TrainState, loaded: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------ the end
 def summary(c: Components, state: TrainState, timer: Throughput,
-            final_eval: dict[str, float]) -> dict[str, Any]:
+            final_eval: dict[str, float], checkpoint_times: list[float] | None = None
+            ) -> dict[str, Any]:
     """The end-of-run numbers (also printed)."""
     out: dict[str, Any] = {
         "steps": state.step,
@@ -326,7 +327,25 @@ def summary(c: Components, state: TrainState, timer: Throughput,
         out["pattern_updates"] = state.pattern_updates
         out["pattern_update_time_s"] = state.update_time_s
     out["peak_memory_mib"] = D.gather_objects(peak_memory_mib(c.device.torch_device), c.dist)
+    out["model_state_mib"] = D.gather_objects(model_state_mib(c.core, c.optimizer), c.dist)
+    out["checkpoint_write_s"] = [round(t, 4) for t in checkpoint_times or []]
     return out
+
+
+def model_state_mib(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
+    """What this process holds of the model (MiB), the encoder layers apart from the
+    rest (embeddings, pooler, heads): weights, buffers (sparse patterns), gradients and
+    optimizer state; a pipeline stage's own (its meta-device rest counts nothing)."""
+    sizes = {"encoder": 0, "rest": 0}
+    state = getattr(optimizer, "state", {})
+    named = [*model.named_parameters(), *model.named_buffers()]
+    for name, t in named:
+        if t.is_meta:
+            continue
+        held = [t, getattr(t, "grad", None), *state.get(t, {}).values()]
+        part = "encoder" if name.startswith("bert.encoder.") else "rest"
+        sizes[part] += sum(x.numel() * x.element_size() for x in held if torch.is_tensor(x))
+    return {k: round(v / 2**20, 3) for k, v in sizes.items()}
 
 
 def peak_memory_mib(device: torch.device) -> dict[str, float]:

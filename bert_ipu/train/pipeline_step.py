@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage
+from torch.utils._pytree import tree_map
 
 from bert_ipu.devices import distributed as D
 from bert_ipu.store import sharded
@@ -242,8 +243,12 @@ class PipelineStepRunner(TorchStepRunner):
         tied word embedding under both its names on the first and the last stage)."""
         return {k: v for k, v in self.core.state_dict().items() if not v.is_meta}
 
-    def checkpoint_shard(self, controller: Any | None) -> dict[str, torch.Tensor]:
-        """This rank's part of a sharded checkpoint (bert_ipu/store/sharded.py)."""
+    def checkpoint_shard(self, controller: Any | None) -> dict[str, torch.Tensor] | None:
+        """This rank's part of a sharded checkpoint (bert_ipu/store/sharded.py); None
+        with checkpoint.sharded=false (rank 0 writes gathered files)."""
+        return self._shard(controller) if self.cfg.checkpoint.sharded else None
+
+    def _shard(self, controller: Any | None) -> dict[str, torch.Tensor]:
         names = [n for g in self._stage_names for n in g]
         return sharded.shard_of(self.model_state(), self.optimizer.state_dict(), names,
                                 None if controller is None else controller.state_dict())
@@ -252,7 +257,9 @@ class PipelineStepRunner(TorchStepRunner):
         """The common files rank 0 writes next to the shards: `sharded.pt` (optimizer
         group settings with the single-process parameter order, the controller's
         counters) and `pipeline.json` (the split that wrote it; informational: any
-        split resumes it). Collective: every rank's loss scaler must agree (the skip
+        split resumes it); with checkpoint.sharded=false, every rank's shard is
+        gathered to rank 0 instead, as the single-process model.pt, optimizer.pt and
+        controller.pt. Collective: every rank's loss scaler must agree (the skip
         decision is global)."""
         scalers: list[Any] = [None] * self.dist.world_size
         dist.all_gather_object(scalers, scaler.state_dict())
@@ -262,7 +269,17 @@ class PipelineStepRunner(TorchStepRunner):
         common = sharded.common_of(self.optimizer.state_dict(), self._global_names,
                                    None if controller is None else controller.state_dict())
         layout = {"layers_per_stage": list(self.layout.layers_per_stage), "replicas": self.replicas}
-        return {sharded.COMMON: common, "pipeline.json": json.dumps(layout)}
+        files = {"pipeline.json": json.dumps(layout)}
+        if self.cfg.checkpoint.sharded:
+            return {sharded.COMMON: common, **files}
+        mine = tree_map(lambda x: x.cpu() if isinstance(x, torch.Tensor) else x,
+                        self._shard(controller))
+        parts: list[Any] | None = [None] * self.dist.world_size if self.dist.is_main else None
+        dist.gather_object(mine, parts, dst=0)
+        if not self.dist.is_main:
+            return {}
+        merged = {k: v for part in parts for k, v in part.items()}
+        return {**sharded.classic_from_shard(merged, common), **files}
 
     def checkpoint_view(self, loaded: dict[str, Any], controller: Any | None) -> dict[str, Any]:
         """Restore this stage's weights, patterns, optimizer and DynSp state from a

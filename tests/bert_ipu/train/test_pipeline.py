@@ -240,28 +240,35 @@ def assert_same_run(want: Path, got: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule, regrow", [("gpipe", "random"), ("1f1b", "gradient")])
-def test_two_stages_equal_the_single_process_run(tiny_data, tmp_path, schedule, regrow):
+@pytest.mark.parametrize("schedule, regrow, sharded", [("gpipe", "random", True),
+                                                      ("1f1b", "gradient", False)])
+def test_two_stages_equal_the_single_process_run(tiny_data, tmp_path, schedule, regrow, sharded):
     """2 stages x 1 replica == 1 process, over 6 steps with 2 pattern updates (random
     regrowth, or RigL's gradient regrowth from X/dY captured on each stage); every
-    rank writes its shard of the checkpoint (no model.pt) and the same split resumes it
-    exactly."""
+    rank writes its shard of the checkpoint (no model.pt), or with
+    checkpoint.sharded=false rank 0 writes the gathered single-process files; the same
+    split resumes it exactly."""
     launch(tmp_path, tiny_data, "single", 1, **{"sparsity.regrow": regrow})
     launch(tmp_path, tiny_data, "pipe", 2, **{KEY: [1, 1], "training.pipeline_schedule": schedule,
-                                              "sparsity.regrow": regrow})
+                                              "sparsity.regrow": regrow,
+                                              "checkpoint.sharded": sharded})
     assert_same_run(tmp_path / "single", tmp_path / "pipe")
     last = sorted((tmp_path / "pipe" / "checkpoints").glob("step_*"))[-1]
-    files = json.loads((last / "manifest.json").read_text())["files"]
-    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "sharded.pt", "pipeline.json",
-            "trainer.pt"} <= set(files) and "model.pt" not in files
-    if schedule == "1f1b":
-        return  # the resume path does not depend on the schedule
-    launch(tmp_path, tiny_data, "resumed", 2, **{KEY: [1, 1]})
+    files = set(json.loads((last / "manifest.json").read_text())["files"])
+    if sharded:
+        assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "sharded.pt", "pipeline.json",
+                "trainer.pt"} <= files and "model.pt" not in files
+    else:
+        assert {"model.pt", "optimizer.pt", "controller.pt", "pipeline.json"} <= files
+        assert not any(f.endswith(".distcp") for f in files)
+    both = {KEY: [1, 1], "training.pipeline_schedule": schedule, "sparsity.regrow": regrow,
+            "checkpoint.sharded": sharded}
+    launch(tmp_path, tiny_data, "resumed", 2, **both)
     import shutil
 
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_00000006")
     launch(tmp_path, tiny_data, "resumed", 2, "checkpoint.resume_training_from_checkpoint=latest",
-           **{KEY: [1, 1]})
+           **both)
     assert strip_timing(load_metrics(tmp_path / "resumed")) == \
         strip_timing(load_metrics(tmp_path / "pipe"))
     want, got = final_model(tmp_path / "pipe"), final_model(tmp_path / "resumed")
