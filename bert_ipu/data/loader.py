@@ -8,6 +8,13 @@ uninterrupted run would have seen, with the same masks.
 
 A batch counts as consumed once it has been yielded: save `state_dict()` after training
 on a batch and the resumed loader starts with the next one.
+
+Another number of data-parallel ranks (or another batch size) may continue a saved
+position: the ranks of an epoch together consume a prefix of its order (rank r takes
+every world_size-th sample), so the new ranks split what is left of that epoch among
+themselves (`offset`: the samples consumed before them) and the next epochs are
+theirs. With the same sequences per optimizer step (e.g. 2 ranks x 1 micro-batch ->
+1 rank x 2 accumulated), every step sees the same samples as before.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from bert_ipu.data.masking import ORDER_STREAM, counter_uniforms
 
 WORKER_STREAM = 5  # counter_uniforms stream of the DataLoader worker seeds
 
-_STATE_CHECKED = ("seed", "num_samples", "batch_size", "world_size", "shuffle", "drop_last")
+_STATE_CHECKED = ("seed", "num_samples", "shuffle", "drop_last")
 
 
 class PretrainingLoader:
@@ -45,6 +52,8 @@ class PretrainingLoader:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.epoch, self.batch = 0, 0
+        self.offset = 0
+        """Samples of epoch `self.epoch` consumed by an earlier split of the ranks."""
         if len(self) == 0:
             raise ValueError(
                 f"PretrainingLoader: the {len(dataset)} samples of split {dataset.split!r} "
@@ -53,12 +62,20 @@ class PretrainingLoader:
 
     def __len__(self) -> int:
         """Batches per epoch (for this rank; equal on every rank)."""
-        per_rank = self._per_rank()
+        return self.batches_in(-1)
+
+    def batches_in(self, epoch: int) -> int:
+        """Batches of epoch `epoch` for this rank (fewer in the epoch an earlier split
+        of the ranks began)."""
+        per_rank = self._per_rank(self._skipped(epoch))
         return per_rank // self.batch_size if self.drop_last else math.ceil(
             per_rank / self.batch_size)
 
-    def _per_rank(self) -> int:
-        n, w = len(self.dataset), self.world_size
+    def _skipped(self, epoch: int) -> int:
+        return self.offset if epoch == self.epoch else 0
+
+    def _per_rank(self, skipped: int = 0) -> int:
+        n, w = len(self.dataset) - skipped, self.world_size
         return n // w if self.drop_last else math.ceil(n / w)
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
@@ -69,9 +86,10 @@ class PretrainingLoader:
         if self.shuffle:
             keys = counter_uniforms(self.seed, ORDER_STREAM, epoch, order, 1)[:, 0]
             order = np.argsort(keys, kind="stable")
-        order = np.resize(order, self._per_rank() * self.world_size)  # wraps if padding
+        skipped = self._skipped(epoch)
+        order = np.resize(order[skipped:], self._per_rank(skipped) * self.world_size)  # wraps if padding
         mine = order[self.rank::self.world_size]
-        return mine[:len(self) * self.batch_size] if self.drop_last else mine
+        return mine[:self.batches_in(epoch) * self.batch_size] if self.drop_last else mine
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         mine = self.epoch_indices(epoch)
@@ -84,7 +102,7 @@ class PretrainingLoader:
             yield from self
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch, start, total = self.epoch, self.batch, len(self)
+        epoch, start, total = self.epoch, self.batch, self.batches_in(self.epoch)
         self.dataset.set_epoch(epoch)
         batches = self._batches(epoch)[start:]
         if not batches:  # resumed exactly at the end of an epoch
@@ -110,17 +128,21 @@ class PretrainingLoader:
 
     def _advance(self, epoch: int, consumed: int) -> None:
         """Record `consumed` batches of `epoch`; a finished epoch becomes (epoch + 1, 0)."""
-        if consumed >= len(self):
-            self.epoch, self.batch = epoch + 1, 0
+        if consumed >= self.batches_in(epoch):
+            self.epoch, self.batch, self.offset = epoch + 1, 0, 0
         else:
             self.epoch, self.batch = epoch, consumed
 
     def state_dict(self) -> dict[str, Any]:
         """The data position: {"epoch", "batch" (batches of the epoch consumed), ...}."""
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed,
-                "num_samples": len(self.dataset), "batch_size": self.batch_size,
-                "world_size": self.world_size, "shuffle": self.shuffle,
-                "drop_last": self.drop_last}
+        return {"epoch": self.epoch, "batch": self.batch, "offset": self.offset,
+                "seed": self.seed, "num_samples": len(self.dataset),
+                "batch_size": self.batch_size, "world_size": self.world_size,
+                "shuffle": self.shuffle, "drop_last": self.drop_last}
+
+    def consumed(self) -> int:
+        """Samples of the current epoch consumed by all ranks together."""
+        return self.offset + self.batch * self.batch_size * self.world_size
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position (the settings that fix the order must match)."""
@@ -131,10 +153,25 @@ class PretrainingLoader:
             detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in wrong.items())
             raise ValueError(f"PretrainingLoader.load_state_dict: the saved data position "
                              f"belongs to another data order ({detail})")
-        if not (0 <= int(state["batch"]) <= len(self)) or int(state["epoch"]) < 0:
-            raise ValueError(f"PretrainingLoader.load_state_dict: expected 0 <= batch <= "
-                             f"{len(self)} and epoch >= 0, got {state['epoch']}, {state['batch']}")
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        epoch, batch, offset = int(state["epoch"]), int(state["batch"]), int(state.get("offset", 0))
+        if epoch < 0 or batch < 0 or offset < 0:
+            raise ValueError(f"PretrainingLoader.load_state_dict: expected epoch, batch, offset "
+                             f">= 0, got {epoch}, {batch}, {offset}")
+        self.epoch, self.offset, self.batch = epoch, offset, batch
+        if (state["world_size"], state["batch_size"]) == (self.world_size, self.batch_size):
+            if batch > self.batches_in(epoch):
+                raise ValueError(f"PretrainingLoader.load_state_dict: expected batch <= "
+                                 f"{self.batches_in(epoch)}, got {batch}")
+            return
+        if not self.drop_last:
+            raise ValueError("PretrainingLoader.load_state_dict: another world_size or "
+                             "batch_size continues a position only with drop_last")
+        # Another split of the ranks: what the earlier ranks consumed is skipped.
+        self.offset = offset + batch * int(state["batch_size"]) * int(state["world_size"])
+        self.batch = 0
+        if self.offset > len(self.dataset):
+            raise ValueError(f"PretrainingLoader.load_state_dict: the saved position "
+                             f"({self.offset} samples) is past the {len(self.dataset)} samples")
 
 
 class _EpochBatches(torch.utils.data.Dataset):

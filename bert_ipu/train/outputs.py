@@ -129,16 +129,9 @@ class Piece:
     restore: Callable[[Components, TrainState, Any], None]
 
 
-def _check_replicas(c: Components, saved: int | None) -> None:
-    if saved is not None and saved != c.runner.replicas:
-        raise ValueError(f"it was written by {saved} data-parallel replica(s), this run has "
-                         f"{c.runner.replicas} (the data order depends on it; the number of "
-                         "pipeline stages may change)")
-
-
 def _per_rank(c: Components, saved: list[Any], what: str) -> Any:
     """This rank's entry of a per-rank list; a checkpoint of another process count
-    (another number of pipeline stages) gives rank r entry r mod its length."""
+    (another number of pipeline stages or replicas) gives rank r entry r mod its length."""
     if len(saved) != c.dist.world_size and c.dist.is_main:
         log.warning("the checkpoint was written by %d process(es), this run has %d: each "
                     "process continues %s of process (rank mod %d)", len(saved),
@@ -158,10 +151,9 @@ def _maybe(obj: Any, method: str, value: Any) -> None:
         getattr(obj, method)(value)
 
 
-# In restore order: the checks first, then the weights, then the counters and streams.
+# In restore order: the weights, then the counters and streams (a pipeline stage restores
+# its weights, optimizer and controller itself, from its part of the shards).
 PIECES: tuple[Piece, ...] = (
-    Piece("trainer.pt", "data_replicas", lambda c, s: c.runner.replicas,
-          lambda c, s, v: _check_replicas(c, v)),
     Piece("model.pt", None, lambda c, s: c.core.state_dict(), lambda c, s, v: c.core.load_state_dict(v)),
     Piece("optimizer.pt", None, lambda c, s: c.optimizer.state_dict(),
           lambda c, s, v: c.optimizer.load_state_dict(v)),

@@ -14,8 +14,9 @@ A step runner runs step t on the run's device (train/runners.py picks it); the l
                           dict) the DynSp controller updates
     dynsp_options         extra DynSpController arguments (a pipeline stage's group,
                           layer offset and metrics combination; {} otherwise)
-    sharded               whether checkpoints are sharded (every rank writes and reads
-                          its own part; pipelines)
+    sharded               whether the model, optimizer and controller state is per rank
+                          (pipelines): the runner then saves it (checkpoint_shard, or
+                          gathered in checkpoint_files) and restores it (checkpoint_view)
     checkpoint_files(ctl, scaler)  extra checkpoint files (collective; {} unless pipelined)
     checkpoint_shard(ctl) this rank's part of a sharded checkpoint (pipelines; None:
                           rank 0 writes the single-process files)

@@ -161,11 +161,63 @@ def test_loader_order_seeded_and_sharded(builtin):
     assert len(set.union(*shards)) > 0.95 * n
 
 
+class Indices:
+    """A stand-in dataset whose batch is its sample indices (the loader's order only)."""
+
+    split = "train"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def batch(self, indices, epoch: int = 0) -> dict[str, torch.Tensor]:
+        return {"index": torch.as_tensor(indices)}
+
+
+@pytest.mark.parametrize("before, after", [((2, 4), (1, 8)), ((1, 8), (2, 4)), ((2, 4), (4, 2))])
+def test_loader_position_continues_on_another_number_of_ranks(before, after):
+    """Issue 23: a position saved by W ranks of B samples continues on W' ranks of B'
+    (the same samples per step): every later step takes the samples the first split
+    would have taken, and saved again and resumed on the first split it continues
+    across the epoch's end."""
+    data = Indices(203)
+    (w, b), (w2, b2) = before, after
+
+    def ranks(world: int, size: int) -> list[PretrainingLoader]:
+        return [PretrainingLoader(data, size, seed=3, rank=r, world_size=world)  # type: ignore[arg-type]
+                for r in range(world)]
+
+    def steps(loaders: list[PretrainingLoader], n: int) -> list[list[int]]:
+        its = [iter(x.endless()) for x in loaders]
+        return [sorted(int(i) for it in its for i in next(it)["index"]) for _ in range(n)]
+
+    first, moved = ranks(w, b), ranks(w, b)
+    assert steps(first, 3) == steps(moved, 3)
+    second = ranks(w2, b2)
+    for x in second:
+        x.load_state_dict(moved[0].state_dict())
+    assert steps(second, 4) == steps(first, 4)
+    back = ranks(w, b)
+    for x in back:
+        x.load_state_dict(second[0].state_dict())
+    per_epoch = len(first[0])
+    assert steps(back, per_epoch) == steps(first, per_epoch)  # across the epoch's end
+    assert back[0].epoch == first[0].epoch == 1 and back[0].offset == 0
+
+
 def test_loader_state_mismatch_and_workers(builtin):
     _, train, _, _, _ = builtin
     state = PretrainingLoader(train, 8, seed=0).state_dict()
-    with pytest.raises(ValueError, match="batch_size: saved 8, now 16"):
-        PretrainingLoader(train, 16, seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed: saved 0, now 1"):
+        PretrainingLoader(train, 8, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="only with drop_last"):
+        PretrainingLoader(train, 16, seed=0, drop_last=False).load_state_dict(
+            dict(state, drop_last=False))
     with pytest.raises(ValueError, match="make no batch"):
         PretrainingLoader(train, len(train) + 1)
     plain = collect(PretrainingLoader(train, 32, seed=4), 3)

@@ -401,11 +401,19 @@ def test_two_nodes_on_localhost_train_the_2x2_layout_as_one_node(tiny_data, tmp_
 @pytest.mark.slow
 def test_two_stages_by_two_replicas_equal_data_parallel(tiny_data, tmp_path):
     """4 ranks as 2 stages x 2 replicas == 2 data-parallel ranks (the replicas' patterns
-    are verified identical by the controllers at every update)."""
+    are verified identical by the controllers at every update). Its checkpoint resumes on
+    one replica with twice the accumulation (the same sequences per step: the data
+    position is re-partitioned); the micro-batches are grouped differently, so the losses
+    agree only roughly."""
     launch(tmp_path, tiny_data, "ddp", 2)
     launch(tmp_path, tiny_data, "pp2x2", 4, **{KEY: [1, 1]})
     assert_same_run(tmp_path / "ddp", tmp_path / "pp2x2")
     assert len(load_updates(tmp_path / "pp2x2")) == 2
+    resume_into(tmp_path, tiny_data, tmp_path / "pp2x2" / "checkpoints" / "step_00000003",
+                "pp2x1", 2, **{KEY: [1, 1], "training.gradient_accumulation": 4})
+    want, got = load_metrics(tmp_path / "pp2x2")[-1], load_metrics(tmp_path / "pp2x1")[-1]
+    assert want["step"] == got["step"] == 6 and want["sequences"] == got["sequences"]
+    assert got["eval_mlm_loss"] == pytest.approx(want["eval_mlm_loss"], rel=0.05)
 
 
 def stderr_error(err: str) -> str:
@@ -424,30 +432,17 @@ def resume_into(tmp_path: Path, tiny_data, checkpoint: Path, name: str, nproc: i
            f"checkpoint.resume_training_from_checkpoint={checkpoint}", **settings)
 
 
-def assert_resumed_equal(want: Path, got: Path, after: int) -> dict[str, float]:
+def assert_resumed_equal(want: Path, got: Path, after: int) -> dict[str, Any]:
     """The resumed run's records (steps past `after`) and final weights equal the
-    uninterrupted run's within the pipeline tolerance; returns the differences: the
-    largest relative one of any metric, and ||w_got - w_want|| / ||w_want|| over all
-    floating-point weights."""
-    a = {r["step"]: r for r in strip_timing(load_metrics(want)) if r["step"] > after}
-    b = {r["step"]: r for r in strip_timing(load_metrics(got)) if r["step"] > after}
-    assert a.keys() == b.keys() and a
-    worst = {"metrics": 0.0}
-    for step in a:
-        for k, v in a[step].items():
-            if isinstance(v, float) and not k.endswith("update_time_s"):
-                torch.testing.assert_close(b[step][k], v, rtol=1e-6, atol=1e-6, msg=k)
-                worst["metrics"] = max(worst["metrics"], abs(b[step][k] - v) / max(abs(v), 1e-12))
-    wa, wb = final_model(want), final_model(got)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        if k.endswith((".rows", ".cols")):
-            assert torch.equal(wa[k], wb[k]), k
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
-    floats = [k for k in wa if wa[k].is_floating_point()]
-    diff = torch.cat([(wb[k] - wa[k]).flatten() for k in floats])
-    worst["weights"] = float(diff.norm() / torch.cat([wa[k].flatten() for k in floats]).norm())
-    return worst
+    uninterrupted run's within the pipeline tolerance (dynsp-bench-stages measures the
+    same figures); returns them."""
+    from dynsp_tools.bench_stages import resume_differences
+
+    diff = resume_differences(want, got, after)
+    assert diff["steps_equal"] and diff["patterns_equal"], diff
+    assert diff["metrics_max_rel"] < 1e-5 and diff["weights_rel"] < 1e-6, diff
+    assert diff["max_abs_weight_diff"] < 1e-5, diff
+    return diff
 
 
 @pytest.mark.slow
@@ -468,22 +463,25 @@ def test_a_two_stage_checkpoint_resumes_into_one_stage_and_into_four(tiny_data, 
 
 @pytest.mark.slow
 def test_a_sharded_checkpoint_exports_and_refuses_bad_input(tiny_data, tmp_path):
-    """Issue 23: a 2-stage checkpoint exports to a Hugging Face folder in a plain
-    process (same weights as the shards hold); a shard file gone makes `latest` fall back
+    """Issue 23: a 2-stage checkpoint exports to a Hugging Face folder at the end of the
+    run (checkpoint.export_dir) and in a plain process (same weights as the shards
+    hold); a shard file gone makes `latest` fall back
     to the previous good checkpoint and an explicit resume fail with one line naming the
     file; a checkpoint of another model is refused with one line naming the key."""
     import transformers
 
-    launch(tmp_path, tiny_data, "pipe", 2, **{KEY: [1, 1]})
+    launch(tmp_path, tiny_data, "pipe", 2, **{KEY: [1, 1],
+                                              "checkpoint.export_dir": str(tmp_path / "hf_end")})
     step6 = tmp_path / "pipe" / "checkpoints" / "step_00000006"
     proc = subprocess.run([sys.executable, "-m", "bert_ipu.export", str(step6),
                            str(tmp_path / "hf")], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf")
     shards = ck.load_checkpoint(step6)["model.pt"]
-    torch.testing.assert_close(hf.bert.embeddings.word_embeddings.weight,
-                               shards["bert.embeddings.word_embeddings.weight"], rtol=0, atol=0)
+    for folder in ("hf", "hf_end"):
+        hf = transformers.BertForPreTraining.from_pretrained(tmp_path / folder)
+        torch.testing.assert_close(hf.bert.embeddings.word_embeddings.weight,
+                                   shards["bert.embeddings.word_embeddings.weight"], rtol=0, atol=0)
 
     (step6 / "__1_0.distcp").unlink()
     explicit = launch(tmp_path, tiny_data, "again", 2,
