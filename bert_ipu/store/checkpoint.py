@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.distributed as dist
 
 from bert_ipu.fsutil import fsync_dir
+from bert_ipu.store import sharded
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +244,6 @@ def save_sharded_checkpoint(root: Path, ckpt: CheckpointId, files: Mapping[str, 
     manifest with everyone's checksums, installs the folder and prunes. Any failure on
     any rank: every rank raises CheckpointError, the partial folder is removed and
     earlier checkpoints are untouched."""
-    import torch.distributed as dist
-
-    from bert_ipu.store import sharded
-
     root, rank = Path(root), dist.get_rank()
     final = root / ckpt.name
     where = f"could not write checkpoint {str(final)!r}"
@@ -307,10 +305,8 @@ def _install_shared(tmp: Path, final: Path, ckpt: CheckpointId, parts: list[Any]
                         f"{where}: rank {rank} wrote {name}, which rank 0 does not see: the "
                         "checkpoint folder must be on a filesystem every node shares")
             entries.update(theirs)
-        from bert_ipu.store.sharded import DCP_METADATA
-
-        meta = tmp / DCP_METADATA
-        entries[DCP_METADATA] = {"sha256": _sha256_file(meta), "bytes": meta.stat().st_size}
+        meta = tmp / sharded.DCP_METADATA
+        entries[sharded.DCP_METADATA] = {"sha256": _sha256_file(meta), "bytes": meta.stat().st_size}
         _write_manifest(tmp, ckpt, dict(sorted(entries.items())), sharded=True)
         _install(tmp, final)
     except (CheckpointError, OSError) as exc:
@@ -397,9 +393,8 @@ def verify_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, A
     truncated or altered file."""
     manifest = read_manifest(path)
     if manifest.get("sharded"):  # its shards hold what these files would
-        from bert_ipu.store.sharded import COMMON, DCP_METADATA, SHARDED_FILES
-
-        required = tuple(n for n in required if n not in SHARDED_FILES) + (DCP_METADATA, COMMON)
+        required = tuple(n for n in required if n not in sharded.SHARDED_FILES) + (
+            sharded.DCP_METADATA, sharded.COMMON)
     for name in required:
         if name not in manifest["files"]:
             raise ChecksumError(f"checkpoint {str(path)!r} is incomplete: its manifest does "
@@ -475,12 +470,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
                     consolidate: bool = True) -> dict[str, Any]:
     """Verify and load every file of a checkpoint: {name: object, "manifest": the
     manifest, "path": `path`}; `.yaml`/`.json` files come back as text, `.pt` files
-    through torch.load(weights_only=True). A
-    sharded checkpoint's shards come back as the single-process model.pt,
-    optimizer.pt and controller.pt (`consolidate`; else they are left for the caller:
-    sharded.read)."""
-    from bert_ipu.store import sharded
-
+    through torch.load(weights_only=True). A sharded checkpoint's shards come back as
+    the single-process model.pt, optimizer.pt and controller.pt (`consolidate`; else
+    they are left for the caller: sharded.read)."""
     path = Path(path)
     manifest = verify_checkpoint(path)
     loaded: dict[str, Any] = {"manifest": manifest, "path": path}

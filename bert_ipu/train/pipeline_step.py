@@ -235,8 +235,9 @@ class PipelineStepRunner(TorchStepRunner):
 
     # ------------------------------------------------------------------ checkpoints
     def sync_to_host(self) -> None:
-        """Nothing to gather: a stage's weights live in its own process, and checkpoints
-        are sharded (every rank writes its own)."""
+        """Nothing to bring anywhere: a stage's weights live in its own process, and a
+        checkpoint takes each stage's state from its rank (checkpoint_shard, or gathered
+        by checkpoint_files with checkpoint.sharded=false)."""
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """This stage's entries of the model's state dict (single-process names; the
