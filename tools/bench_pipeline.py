@@ -56,9 +56,10 @@ def cases(procs: int, accumulation: int, layers: int) -> list[tuple[str, int, li
 
 
 def run_case(config: Path, procs: int, overrides: list[str], out: Path) -> dict[str, Any]:
-    """Train one case; its summary.json."""
+    """Train one case through the CLI (P > 1 under bert_ipu.launch, one thread per
+    process); its summary.json."""
     launcher = [sys.executable] + ([] if procs == 1 else [
-        "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"])
+        "-m", "bert_ipu.launch", "--standalone", f"--nproc_per_node={procs}"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [*launcher, "-m", "bert_ipu.pretrain", "--config", str(config), *overrides,
            f"output_dir={out}"]

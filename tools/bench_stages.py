@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -43,7 +41,7 @@ from typing import Any
 import torch
 
 from bert_ipu.config import load_config
-from dynsp_tools.bench_pipeline import even_split
+from dynsp_tools.bench_pipeline import even_split, run_case
 from dynsp_tools.benchlib.layers import machine_info
 from dynsp_tools.pages import replace_block
 
@@ -59,19 +57,6 @@ def cases(stages: list[int], layers: int) -> list[tuple[str, int, list[str]]]:
         out += [(f"P={p} sharded", p, [split, "checkpoint.sharded=true"]),
                 (f"P={p} gathered", p, [split, "checkpoint.sharded=false"])]
     return out
-
-
-def run_case(config: Path, procs: int, overrides: list[str], out: Path) -> dict[str, Any]:
-    """Train one case; its summary.json."""
-    launcher = [sys.executable] + ([] if procs == 1 else [
-        "-m", "bert_ipu.launch", "--standalone", f"--nproc_per_node={procs}"])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [*launcher, "-m", "bert_ipu.pretrain", "--config", str(config), *overrides,
-           f"output_dir={out}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: case {out.name} failed:\n{proc.stderr[-2000:]}")
-    return json.loads((out / "summary.json").read_text())
 
 
 def resume_differences(want: Path, got: Path, after: int) -> dict[str, Any]:

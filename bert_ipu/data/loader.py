@@ -61,13 +61,16 @@ class PretrainingLoader:
                 f"drop_last={drop_last}; lower the batch size")
 
     def __len__(self) -> int:
-        """Batches per epoch (for this rank; equal on every rank)."""
-        return self.batches_in(-1)
+        """Batches per (whole) epoch (for this rank; equal on every rank)."""
+        return self._batch_count(0)
 
     def batches_in(self, epoch: int) -> int:
         """Batches of epoch `epoch` for this rank (fewer in the epoch an earlier split
         of the ranks began)."""
-        per_rank = self._per_rank(self._skipped(epoch))
+        return self._batch_count(self._skipped(epoch))
+
+    def _batch_count(self, skipped: int) -> int:
+        per_rank = self._per_rank(skipped)
         return per_rank // self.batch_size if self.drop_last else math.ceil(
             per_rank / self.batch_size)
 
@@ -139,10 +142,6 @@ class PretrainingLoader:
                 "seed": self.seed, "num_samples": len(self.dataset),
                 "batch_size": self.batch_size, "world_size": self.world_size,
                 "shuffle": self.shuffle, "drop_last": self.drop_last}
-
-    def consumed(self) -> int:
-        """Samples of the current epoch consumed by all ranks together."""
-        return self.offset + self.batch * self.batch_size * self.world_size
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position (the settings that fix the order must match)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -178,10 +178,6 @@ def read(folder: Path, keys: Iterable[str], expected: Mapping[str, torch.Size] |
         raise ShardError(f"its shards cannot be read ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     return {k: v.to(device) for k, v in target.items()}
-
-
-def keys_under(folder: Path, wanted: Callable[[str], bool]) -> list[str]:
-    return [k for k in metadata(folder) if wanted(k)]
 
 
 def classic_files(folder: Path, common: Mapping[str, Any],
